@@ -1,0 +1,50 @@
+"""What the routers get injected, as `Annotated` aliases."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.database import get_session
+from app.services.embeddings import Embedder
+from app.services.storage import ImageStore
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_image_store(request: Request) -> ImageStore:
+    store: ImageStore = request.app.state.image_store
+    return store
+
+
+def get_embedder(request: Request) -> Embedder:
+    embedder: Embedder = request.app.state.embedder
+    return embedder
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
+EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+
+ImageId = Annotated[uuid.UUID, Path(description="The image's id (a UUID)")]
+Skip = Annotated[int, Query(ge=0, le=2_147_483_647, description="Items to skip")]
+PageLimit = Annotated[int, Query(ge=1, le=100, description="Items per page")]
+SimilarLimit = Annotated[
+    int | None,
+    Query(ge=1, le=100, description="Most results to return (default MAX_SIMILAR_RESULTS)"),
+]
+Threshold = Annotated[
+    float | None,
+    Query(
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Lowest cosine similarity to include (default SIMILARITY_THRESHOLD)",
+    ),
+]

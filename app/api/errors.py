@@ -1,0 +1,24 @@
+"""OpenAPI descriptions of the error responses, shared by the routers."""
+
+from typing import Any
+
+from app.schemas.errors import ErrorResponse, ValidationErrorResponse
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Malformed request body",
+        404: "No image with this id",
+        413: "The file exceeds MAX_FILE_SIZE (code `file_too_large`)",
+        415: "The bytes are not an accepted image format (code `unsupported_image_format`)",
+        422: "Invalid parameter (`validation_error`), or an empty (`empty_file`), corrupt or "
+        "truncated (`invalid_image`) or oversized (`image_too_large`) image",
+        503: "The database is unavailable (code `database_unavailable`); retry after Retry-After",
+    }
+    return {
+        status: {
+            "model": ValidationErrorResponse if status == 422 else ErrorResponse,
+            "description": descriptions[status],
+        }
+        for status in statuses
+    }

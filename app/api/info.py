@@ -1,0 +1,35 @@
+"""GET /info: what this instance accepts and how it embeds."""
+
+from fastapi import APIRouter
+
+from app.api.deps import EmbedderDep, SettingsDep
+from app.core.config import SERVICE_NAME, SERVICE_VERSION
+from app.schemas.health import EmbeddingInfo, ServiceInfo, UploadLimitsInfo
+from app.services.image_processing import FORMAT_CONTENT_TYPES
+
+router = APIRouter()
+
+
+# HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
+@router.api_route(
+    "/info",
+    methods=["GET", "HEAD"],
+    response_model=ServiceInfo,
+    summary="Service version, upload limits, embedding",
+)
+async def service_info(settings: SettingsDep, embedder: EmbedderDep) -> ServiceInfo:
+    formats = sorted(settings.allowed_formats)
+    return ServiceInfo(
+        name=SERVICE_NAME,
+        version=SERVICE_VERSION,
+        upload=UploadLimitsInfo(
+            max_file_size=settings.MAX_FILE_SIZE,
+            max_image_pixels=settings.MAX_IMAGE_PIXELS,
+            accepted_formats=formats,
+            accepted_content_types=[FORMAT_CONTENT_TYPES[name] for name in formats],
+            allowed_extensions=settings.ALLOWED_EXTENSIONS,
+        ),
+        embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),
+        similarity_threshold=settings.SIMILARITY_THRESHOLD,
+        max_similar_results=settings.MAX_SIMILAR_RESULTS,
+    )

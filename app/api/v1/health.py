@@ -1,0 +1,91 @@
+"""Health endpoints for load balancers, Kubernetes probes and people."""
+
+import time
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response, status
+
+from app.api.deps import EmbedderDep, SessionDep
+from app.core.config import SERVICE_VERSION
+from app.schemas.health import (
+    DatabaseHealth,
+    DetailedHealth,
+    EmbeddingInfo,
+    HealthStatus,
+    LivenessStatus,
+    ReadinessStatus,
+)
+from app.services.health import inspect_database, ping_database
+
+router = APIRouter()
+
+
+# Registered with and without the trailing slash: both answer directly, no redirect.
+@router.get(
+    "/",
+    response_model=HealthStatus,
+    summary="Service and database health (200 healthy, 503 unhealthy)",
+    responses={503: {"model": HealthStatus, "description": "The database is unavailable"}},
+)
+@router.get("", response_model=HealthStatus, include_in_schema=False)
+async def health(session: SessionDep, response: Response) -> HealthStatus:
+    database_ok = await ping_database(session)
+    if not database_ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return HealthStatus(
+        status="healthy" if database_ok else "unhealthy",
+        database="ok" if database_ok else "unavailable",
+        version=SERVICE_VERSION,
+        timestamp=datetime.now(UTC),
+    )
+
+
+@router.get(
+    "/detailed",
+    response_model=DetailedHealth,
+    summary="Database, pgvector, image count, embedding and uptime",
+    responses={503: {"model": DetailedHealth, "description": "The database is unavailable"}},
+)
+async def detailed_health(
+    request: Request, session: SessionDep, embedder: EmbedderDep, response: Response
+) -> DetailedHealth:
+    database = await inspect_database(session)
+    if not database.available:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return DetailedHealth(
+        status="healthy" if database.available else "unhealthy",
+        version=SERVICE_VERSION,
+        uptime_seconds=round(time.monotonic() - request.app.state.started_at, 3),
+        timestamp=datetime.now(UTC),
+        database=DatabaseHealth(
+            status="ok" if database.available else "unavailable",
+            mode=request.app.state.database_mode,
+            server_version=database.server_version,
+            pgvector_version=database.pgvector_version,
+            error=database.error,
+        ),
+        image_count=database.image_count,
+        embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),
+    )
+
+
+@router.get(
+    "/ready",
+    response_model=ReadinessStatus,
+    summary="Readiness probe: 200 when the database answers, else 503",
+    responses={503: {"model": ReadinessStatus, "description": "Not ready"}},
+)
+async def readiness(session: SessionDep, response: Response) -> ReadinessStatus:
+    if await ping_database(session):
+        return ReadinessStatus(status="ready", database="ok")
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return ReadinessStatus(status="not_ready", database="unavailable")
+
+
+@router.get(
+    "/live",
+    response_model=LivenessStatus,
+    summary="Liveness probe: the process answers (never touches the database)",
+)
+async def liveness() -> LivenessStatus:
+    return LivenessStatus()

@@ -1,0 +1,131 @@
+"""Service configuration: one `Settings` object read from the environment and `.env`."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import URL, make_url
+
+SERVICE_NAME = "image-similarity-service"
+SERVICE_VERSION = "0.1.0"
+
+# File extensions (the seed's ALLOWED_EXTENSIONS vocabulary) mapped to the Pillow formats they
+# name. The format of an upload is always decided from its bytes; the extensions only say which
+# formats are accepted.
+EXTENSION_FORMATS: dict[str, str] = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+}
+ALWAYS_ALLOWED_FORMATS = frozenset({"JPEG", "PNG"})
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Database. DATABASE_URL wins; otherwise an explicitly set POSTGRES_HOST builds the URL from
+    # the POSTGRES_* parts; otherwise an embedded PostgreSQL is started under DATA_DIR.
+    DATABASE_URL: SecretStr | None = None
+    POSTGRES_HOST: str = "localhost"
+    POSTGRES_USER: str = "postgres"
+    POSTGRES_PASSWORD: SecretStr = SecretStr("password")
+    POSTGRES_DB: str = "image_processing"
+    POSTGRES_PORT: int = Field(default=5432, ge=1, le=65535)
+
+    # Server
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    DATA_DIR: Path = Path("data")
+    DEBUG: bool = False
+    LOG_LEVEL: LogLevel = "INFO"
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = [
+        "http://localhost:3000",
+        "http://localhost:8080",
+        "http://localhost:8000",
+    ]
+
+    # Uploads
+    MAX_FILE_SIZE: int = Field(default=10 * 1024 * 1024, gt=0)
+    MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0)
+    ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
+
+    # Embeddings and search
+    EMBEDDING_DIMENSION: int = Field(default=512, ge=2, le=16000)
+    SIMILARITY_THRESHOLD: float = Field(default=0.7, ge=-1.0, le=1.0)
+    MAX_SIMILAR_RESULTS: int = Field(default=10, ge=1, le=100)
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ALLOWED_EXTENSIONS", mode="before")
+    @classmethod
+    def _parse_extensions(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("ALLOWED_EXTENSIONS")
+    @classmethod
+    def _known_extensions(cls, value: list[str]) -> list[str]:
+        normalised = [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+        unknown = sorted(set(normalised) - EXTENSION_FORMATS.keys())
+        if unknown:
+            known = ", ".join(EXTENSION_FORMATS)
+            raise ValueError(f"unsupported extensions {unknown}; known: {known}")
+        return normalised
+
+    @property
+    def allowed_formats(self) -> frozenset[str]:
+        """Pillow format names accepted for upload (JPEG and PNG always)."""
+        return ALWAYS_ALLOWED_FORMATS | {EXTENSION_FORMATS[ext] for ext in self.ALLOWED_EXTENSIONS}
+
+    @property
+    def data_dir(self) -> Path:
+        return self.DATA_DIR.expanduser().resolve()
+
+    @property
+    def image_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def embedded_pgdata_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    def external_database_url(self) -> URL | None:
+        """The URL of an external PostgreSQL, or None when the embedded one should be used."""
+        if self.DATABASE_URL is not None and self.DATABASE_URL.get_secret_value():
+            url = make_url(self.DATABASE_URL.get_secret_value())
+            # Accept plain postgresql:// URLs too; the service always talks through asyncpg.
+            return url.set(drivername="postgresql+asyncpg")
+        if "POSTGRES_HOST" in self.model_fields_set:
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.POSTGRES_USER,
+                password=self.POSTGRES_PASSWORD.get_secret_value(),
+                host=self.POSTGRES_HOST,
+                port=self.POSTGRES_PORT,
+                database=self.POSTGRES_DB,
+            )
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

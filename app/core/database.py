@@ -1,0 +1,73 @@
+"""Engine, sessions and the schema from init.sql."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import Request
+from sqlalchemy import URL, text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.services.errors import SchemaMismatch
+
+INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
+
+# Fail fast when PostgreSQL is unreachable or stalled instead of hanging requests.
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 30_000
+# Serialises concurrent schema set-up (several workers starting at once).
+_SCHEMA_LOCK_ID = 0x1A9E5
+
+
+def create_engine(url: URL, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=CONNECT_TIMEOUT_SECONDS,
+        # Connections that died with a database restart are replaced instead of failing a request.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            "server_settings": {
+                "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                "application_name": "image-similarity-service",
+            },
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None:
+    """Apply init.sql (idempotent) and check that its vector column has the configured size."""
+    schema_sql = INIT_SQL_PATH.read_text()
+    async with engine.begin() as connection:
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID})
+        raw = await connection.get_raw_connection()
+        # asyncpg runs a multi-statement script through the simple query protocol.
+        await raw.driver_connection.execute(schema_sql)  # type: ignore[union-attr]
+        stored_dimension = await connection.scalar(
+            text(
+                "SELECT atttypmod FROM pg_attribute "
+                "WHERE attrelid = 'images'::regclass AND attname = 'embedding_vector'"
+            )
+        )
+    if stored_dimension != embedding_dimension:
+        raise SchemaMismatch(
+            f"The images table stores {stored_dimension}-dimensional vectors but "
+            f"EMBEDDING_DIMENSION is {embedding_dimension}. They must agree: change the vector(N) "
+            "column in init.sql and start on a new database, or keep the stored dimension"
+        )
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        yield session

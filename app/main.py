@@ -1,0 +1,179 @@
+"""Application factory: lifespan, routers and the one mapping from errors to HTTP responses."""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import info
+from app.api.v1 import health, images
+from app.core.body_limit import BodySizeLimitMiddleware
+from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
+from app.core.database import apply_schema, create_engine, create_sessionmaker
+from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
+from app.services.embeddings import create_embedder
+from app.services.errors import (
+    DatabaseUnavailable,
+    EmptyFile,
+    FileTooLarge,
+    ImageNotFound,
+    ImageTooLarge,
+    InvalidImage,
+    ServiceError,
+    UnsupportedImageFormat,
+)
+from app.services.storage import ImageStore
+
+logger = logging.getLogger("app")
+
+# Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+RETRY_AFTER_SECONDS = "5"
+
+ERROR_STATUS: dict[type[ServiceError], int] = {
+    ImageNotFound: 404,
+    FileTooLarge: 413,
+    UnsupportedImageFormat: 415,
+    EmptyFile: 422,
+    InvalidImage: 422,
+    ImageTooLarge: 422,
+    DatabaseUnavailable: 503,
+}
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "file_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        url = settings.external_database_url()
+        app.state.database_mode = "external" if url is not None else "embedded"
+        if url is None:
+            embedded = EmbeddedPostgres(settings.embedded_pgdata_dir)
+            server_dsn = await run_in_threadpool(embedded.start)
+            stack.push_async_callback(run_in_threadpool, embedded.stop)
+            url = await ensure_database(server_dsn, settings.POSTGRES_DB)
+        engine = create_engine(url)
+        stack.push_async_callback(engine.dispose)
+        await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+        await run_in_threadpool(app.state.image_store.prepare)
+        app.state.sessionmaker = create_sessionmaker(engine)
+        logger.info(
+            "%s %s ready (%s database)", SERVICE_NAME, SERVICE_VERSION, app.state.database_mode
+        )
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Image Similarity Service",
+        version=SERVICE_VERSION,
+        description="Upload images, read their metadata, and find stored images that look alike.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.monotonic()
+    app.state.database_mode = "external" if settings.external_database_url() else "embedded"
+    app.state.image_store = ImageStore(settings.image_dir)
+    app.state.embedder = create_embedder("hash", settings.EMBEDDING_DIMENSION)
+
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.CORS_ORIGINS,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["*"],
+    )
+    app.include_router(images.router, prefix="/api/v1/images", tags=["images"])
+    app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
+    app.include_router(info.router, tags=["info"])
+    _add_error_handlers(app)
+    return app
+
+
+def _error(status: int, detail: str, code: str, **extra: object) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return JSONResponse(
+        {"detail": detail, "code": code, **extra}, status_code=status, headers=headers
+    )
+
+
+def _is_database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (PoolTimeoutError, DisconnectionError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        # Lost connections, refused connections, server shutting down or starting, timeouts.
+        return (
+            exc.connection_invalidated
+            or type(exc.orig).__name__
+            in {
+                "ConnectionDoesNotExistError",
+                "CannotConnectNowError",
+                "AdminShutdownError",
+                "TooManyConnectionsError",
+                "QueryCanceledError",
+                "InterfaceError",
+            }
+            or isinstance(exc.orig, (OSError, TimeoutError))
+        )
+    return False
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)
+        return _error(status, exc.detail, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Inputs are not echoed back: they may be huge or binary.
+        errors = [
+            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "Invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        return _error(
+            422, f"Invalid request: {where}: {first['msg']}", "validation_error", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            limit = request.app.state.settings.MAX_FILE_SIZE
+            return _error(413, FileTooLarge(limit).detail, FileTooLarge.code)
+        code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+        response = _error(exc.status_code, str(exc.detail), code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        if _is_database_unavailable(exc):
+            logger.warning("database unavailable: %s", type(exc).__name__)
+            return _error(503, DatabaseUnavailable().detail, DatabaseUnavailable.code)
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "Internal server error", "internal_error")

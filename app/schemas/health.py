@@ -1,0 +1,62 @@
+"""Bodies of the health and info endpoints."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class HealthStatus(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    database: Literal["ok", "unavailable"]
+    version: str
+    timestamp: datetime
+
+
+class LivenessStatus(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class ReadinessStatus(BaseModel):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unavailable"]
+
+
+class DatabaseHealth(BaseModel):
+    status: Literal["ok", "unavailable"]
+    mode: Literal["embedded", "external"]
+    server_version: str | None = None
+    pgvector_version: str | None = None
+    error: str | None = Field(default=None, description="Why the database is unavailable")
+
+
+class EmbeddingInfo(BaseModel):
+    model: str
+    dimension: int
+
+
+class DetailedHealth(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    version: str
+    uptime_seconds: float
+    timestamp: datetime
+    database: DatabaseHealth
+    image_count: int | None
+    embedding: EmbeddingInfo
+
+
+class UploadLimitsInfo(BaseModel):
+    max_file_size: int
+    max_image_pixels: int
+    accepted_formats: list[str]
+    accepted_content_types: list[str]
+    allowed_extensions: list[str]
+
+
+class ServiceInfo(BaseModel):
+    name: str
+    version: str
+    upload: UploadLimitsInfo
+    embedding: EmbeddingInfo
+    similarity_threshold: float
+    max_similar_results: int

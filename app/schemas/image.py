@@ -1,0 +1,58 @@
+"""Request and response bodies of the image endpoints."""
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageUploadResponse(BaseModel):
+    id: uuid.UUID
+    filename: str
+    message: str = Field(examples=["Image uploaded and processed successfully"])
+    processing_status: Literal["completed"] = "completed"
+
+
+class ImageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    id: uuid.UUID
+    filename: str = Field(description="The client's filename, reduced to a safe display name")
+    original_filename: str = Field(description="The filename as sent, without control characters")
+    content_type: str = Field(examples=["image/jpeg"])
+    file_size: int = Field(ge=0, description="Size in bytes")
+    width: int = Field(gt=0, description="Width as displayed (EXIF orientation applied)")
+    height: int = Field(gt=0, description="Height as displayed (EXIF orientation applied)")
+    format: str = Field(examples=["JPEG"])
+    upload_timestamp: datetime
+    processed_timestamp: datetime | None
+    processing_status: str = Field(examples=["completed"])
+    metadata: dict[str, Any] = Field(
+        validation_alias="image_metadata",
+        description="Mode, transparency, frames, a safe EXIF subset and the embedding model",
+    )
+
+
+class ImageList(BaseModel):
+    items: list[ImageRead]
+    total: int = Field(ge=0)
+    skip: int = Field(ge=0)
+    limit: int = Field(ge=1)
+
+
+class SimilarImage(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    filename: str
+    content_type: str
+    similarity_score: float = Field(ge=-1.0, le=1.0, description="Cosine similarity")
+    upload_timestamp: datetime
+
+
+class SimilarImagesResponse(BaseModel):
+    query_image_id: uuid.UUID
+    similar_images: list[SimilarImage]
+    total_results: int = Field(ge=0)
+    search_timestamp: datetime

@@ -1,0 +1,55 @@
+"""Domain errors. Each has a stable `code`; app/main.py maps them to HTTP statuses in one place."""
+
+
+class ServiceError(Exception):
+    code = "service_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ImageNotFound(ServiceError):
+    code = "image_not_found"
+
+    def __init__(self, image_id: object) -> None:
+        super().__init__(f"Image {image_id} not found")
+
+
+class FileTooLarge(ServiceError):
+    code = "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"File exceeds the maximum upload size of {limit} bytes")
+
+
+class EmptyFile(ServiceError):
+    code = "empty_file"
+
+    def __init__(self) -> None:
+        super().__init__("The uploaded file is empty")
+
+
+class UnsupportedImageFormat(ServiceError):
+    code = "unsupported_image_format"
+
+
+class InvalidImage(ServiceError):
+    code = "invalid_image"
+
+
+class ImageTooLarge(ServiceError):
+    code = "image_too_large"
+
+
+class DatabaseUnavailable(ServiceError):
+    code = "database_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The database is unavailable; retry shortly")
+
+
+class SchemaMismatch(ServiceError):
+    """The database schema does not match the configuration (raised at start-up only)."""
+
+    code = "schema_mismatch"

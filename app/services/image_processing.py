@@ -1,0 +1,163 @@
+"""Validation, metadata extraction and embedding of uploaded bytes.
+
+Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event loop.
+"""
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from app.services.embeddings import Embedder
+from app.services.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+
+# Magic numbers of the formats the service can accept. The format is decided here, from the
+# bytes, before any decoder sees them; the client's filename and content type are not trusted.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+FORMAT_CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp"}
+
+# EXIF orientations 5..8 rotate by 90 degrees: the displayed width and height are swapped.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_TEXT_TAGS = {
+    ExifTags.Base.Make: "camera_make",
+    ExifTags.Base.Model: "camera_model",
+    ExifTags.Base.Software: "software",
+    ExifTags.Base.DateTime: "modified_at",
+}
+_EXIF_IFD_TEXT_TAGS = {
+    ExifTags.Base.DateTimeOriginal: "taken_at",
+    ExifTags.Base.LensModel: "lens_model",
+}
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_METADATA_TEXT = 128
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    content_hash: str
+    format: str
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    metadata: dict[str, Any]
+    embedding: NDArray[np.float32]
+
+
+def sniff_format(data: bytes) -> str | None:
+    for signature, image_format in _SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    return None
+
+
+def analyse_image(
+    data: bytes, *, allowed_formats: frozenset[str], max_pixels: int, embedder: Embedder
+) -> AnalysedImage:
+    """Validate `data` as an accepted image and derive its metadata and embedding.
+
+    Raises UnsupportedImageFormat (not an accepted format), ImageTooLarge (too many pixels) or
+    InvalidImage (corrupt or truncated).
+    """
+    image_format = sniff_format(data)
+    if image_format is None or image_format not in allowed_formats:
+        accepted = ", ".join(sorted(allowed_formats))
+        raise UnsupportedImageFormat(f"Unsupported image format; accepted formats: {accepted}")
+
+    digest = hashlib.sha256(data).digest()
+    try:
+        with Image.open(io.BytesIO(data), formats=[image_format]) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"Image has {width * height} pixels; the limit is {max_pixels}")
+            metadata = _describe(image)
+            # Decoding validates the whole stream (a truncated file fails here). JPEG can be
+            # decoded at a reduced scale, which is much faster and still reads every byte.
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+            embedding = embedder.embed(image, content_sha256=digest)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"Image exceeds the pixel limit of {max_pixels}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(
+            f"The file is not a valid {image_format} image (corrupt or truncated)"
+        ) from exc
+
+    orientation = metadata.get("exif", {}).get("orientation")
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    metadata["embedding"] = {"model": embedder.name, "dimension": embedder.dimension}
+    return AnalysedImage(
+        content_hash=digest.hex(),
+        format=image_format,
+        content_type=FORMAT_CONTENT_TYPES[image_format],
+        extension=FORMAT_EXTENSIONS[image_format],
+        width=width,
+        height=height,
+        metadata=metadata,
+        embedding=embedding,
+    )
+
+
+def _describe(image: Image.Image) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "mode": image.mode,
+        "has_transparency": image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}
+        or "transparency" in image.info,
+        "frames": int(getattr(image, "n_frames", 1)),
+        "has_icc_profile": bool(image.info.get("icc_profile")),
+    }
+    dpi = image.info.get("dpi")
+    if isinstance(dpi, tuple) and len(dpi) == 2:
+        metadata["dpi"] = [round(float(dpi[0]), 2), round(float(dpi[1]), 2)]
+    exif = _safe_exif(image)
+    if exif:
+        metadata["exif"] = exif
+    return metadata
+
+
+def _safe_exif(image: Image.Image) -> dict[str, Any]:
+    """A small, privacy-conscious EXIF subset (no GPS). A broken EXIF block yields nothing."""
+    try:
+        exif = image.getexif()
+        result: dict[str, Any] = {}
+        for tag, key in _EXIF_TEXT_TAGS.items():
+            if (text := _clean_text(exif.get(tag))) is not None:
+                result[key] = text
+        sub_ifd = exif.get_ifd(ExifTags.IFD.Exif)
+        for tag, key in _EXIF_IFD_TEXT_TAGS.items():
+            if (text := _clean_text(sub_ifd.get(tag))) is not None:
+                result[key] = text
+        orientation = exif.get(ExifTags.Base.Orientation)
+        if isinstance(orientation, int) and 1 <= orientation <= 8:
+            result["orientation"] = orientation
+        return result
+    except Exception:  # noqa: BLE001 - malformed EXIF must never cost the upload
+        return {}
+
+
+def _clean_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    # PostgreSQL JSONB rejects NUL characters; control characters are never meaningful here.
+    text = _CONTROL_CHARACTERS.sub("", value).strip()
+    return text[:_MAX_METADATA_TEXT] or None

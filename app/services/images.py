@@ -1,0 +1,162 @@
+"""Image records: ingest, read, list and delete. Owns the consistency between rows and files."""
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.sql.functions import Function
+from starlette.concurrency import run_in_threadpool
+
+from app.models.image import Image
+from app.services.embeddings import Embedder
+from app.services.errors import EmptyFile, FileTooLarge, ImageNotFound
+from app.services.image_processing import analyse_image
+from app.services.storage import ImageStore
+
+_MAX_FILENAME_LENGTH = 255
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_file_size: int
+    max_pixels: int
+    allowed_formats: frozenset[str]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    image: Image
+    created: bool
+
+
+def clean_original_filename(filename: str | None) -> str:
+    return _CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
+
+
+def safe_filename(filename: str | None, extension: str) -> str:
+    """The client's filename reduced to a harmless display name: no directories, no control
+    characters, bounded length. It is metadata only and never used to build a path."""
+    base = clean_original_filename(filename).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in {"", ".", ".."}:
+        base = f"image{extension}"
+    return base[:_MAX_FILENAME_LENGTH]
+
+
+def _lock_key(content_hash: str) -> Function[Any]:
+    # One transaction-scoped advisory lock per content hash serialises the writers of one file.
+    return func.pg_advisory_xact_lock(func.hashtextextended(content_hash, 0))
+
+
+async def ingest_image(
+    session: AsyncSession,
+    *,
+    data: bytes,
+    filename: str | None,
+    limits: UploadLimits,
+    store: ImageStore,
+    embedder: Embedder,
+) -> IngestResult:
+    """Validate, embed and store an upload. Identical bytes already stored return that record.
+
+    Order: analyse (off the event loop), write the file (staged, fsynced, renamed), insert the
+    row, commit. Any failure after the file is written removes it again, so nothing is left half
+    done; a commit that returned means the upload is durable.
+    """
+    if len(data) > limits.max_file_size:
+        raise FileTooLarge(limits.max_file_size)
+    if not data:
+        raise EmptyFile()
+    received_at = datetime.now(UTC)
+    analysed = await run_in_threadpool(
+        analyse_image,
+        data,
+        allowed_formats=limits.allowed_formats,
+        max_pixels=limits.max_pixels,
+        embedder=embedder,
+    )
+
+    await session.execute(select(_lock_key(analysed.content_hash)))
+    existing = await session.scalar(
+        select(Image)
+        .options(defer(Image.embedding_vector))
+        .where(Image.content_hash == analysed.content_hash)
+    )
+    if existing is not None:
+        await session.commit()
+        return IngestResult(image=existing, created=False)
+
+    relative_path = store.relative_path(analysed.content_hash, analysed.extension)
+    try:
+        await run_in_threadpool(store.write, data, relative_path)
+        image = Image(
+            id=uuid.uuid4(),
+            filename=safe_filename(filename, analysed.extension),
+            original_filename=clean_original_filename(filename) or f"image{analysed.extension}",
+            content_type=analysed.content_type,
+            file_size=len(data),
+            file_path=relative_path,
+            content_hash=analysed.content_hash,
+            format=analysed.format,
+            width=analysed.width,
+            height=analysed.height,
+            upload_timestamp=received_at,
+            processed_timestamp=datetime.now(UTC),
+            embedding_vector=analysed.embedding,
+            embedding_model=embedder.name,
+            image_metadata=analysed.metadata,
+            processing_status="completed",
+        )
+        session.add(image)
+        await session.commit()
+    except BaseException:
+        # Synchronous on purpose: it must also run when the request task is being cancelled.
+        store.remove(relative_path)
+        raise
+    return IngestResult(image=image, created=True)
+
+
+async def get_image(session: AsyncSession, image_id: uuid.UUID) -> Image:
+    image = await session.scalar(
+        select(Image).options(defer(Image.embedding_vector)).where(Image.id == image_id)
+    )
+    if image is None:
+        raise ImageNotFound(image_id)
+    return image
+
+
+async def list_images(session: AsyncSession, *, skip: int, limit: int) -> tuple[list[Image], int]:
+    total = await session.scalar(select(func.count()).select_from(Image)) or 0
+    images = await session.scalars(
+        select(Image)
+        .options(defer(Image.embedding_vector))
+        .order_by(Image.upload_timestamp.desc(), Image.id.desc())
+        .offset(skip)
+        .limit(limit)
+    )
+    return list(images), total
+
+
+async def delete_image(session: AsyncSession, image_id: uuid.UUID, *, store: ImageStore) -> None:
+    """Delete the row, commit, then remove the file unless the same bytes were re-uploaded."""
+    deleted = await session.execute(
+        delete(Image).where(Image.id == image_id).returning(Image.content_hash, Image.file_path)
+    )
+    row = deleted.one_or_none()
+    if row is None:
+        raise ImageNotFound(image_id)
+    content_hash, relative_path = row
+    await session.commit()
+    if relative_path is None:
+        return
+    # Under the hash's lock, so a concurrent upload of the same bytes cannot lose its file.
+    await session.execute(select(_lock_key(content_hash)))
+    reuploaded = await session.scalar(select(exists().where(Image.content_hash == content_hash)))
+    if not reuploaded:
+        await run_in_threadpool(store.remove, relative_path)
+    await session.commit()
