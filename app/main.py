@@ -29,6 +29,8 @@ from app.services.errors import (
     ImageTooLarge,
     InvalidImage,
     ServiceError,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImageFormat,
 )
 from app.services.storage import ImageStore
@@ -47,6 +49,8 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidImage: 422,
     ImageTooLarge: 422,
     DatabaseUnavailable: 503,
+    StorageFull: 507,
+    StorageUnavailable: 503,
 }
 HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -113,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _error(status: int, detail: str, code: str, **extra: object) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in {503, 507} else None
     return JSONResponse(
         {"detail": detail, "code": code, **extra}, status_code=status, headers=headers
     )
@@ -172,8 +176,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "Internal server error", "internal_error")
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if _is_database_unavailable(exc):
             logger.warning("database unavailable: %s", type(exc).__name__)
             return _error(503, DatabaseUnavailable().detail, DatabaseUnavailable.code)
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "Internal server error", "internal_error")
+        return await unexpected_error(request, exc)
+
+    # Registered per class so that an unreachable database is an ordinary 503, not a crash.
+    for error_class in (DBAPIError, PoolTimeoutError, DisconnectionError, OSError, TimeoutError):
+        app.add_exception_handler(error_class, database_error)

@@ -13,7 +13,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "The bytes are not an accepted image format (code `unsupported_image_format`)",
         422: "Invalid parameter (`validation_error`), or an empty (`empty_file`), corrupt or "
         "truncated (`invalid_image`) or oversized (`image_too_large`) image",
-        503: "The database is unavailable (code `database_unavailable`); retry after Retry-After",
+        503: "The database (`database_unavailable`) or the image storage "
+        "(`storage_unavailable`) is unavailable; retry after Retry-After",
+        507: "No space left to store the image (code `storage_full`)",
     }
     return {
         status: {

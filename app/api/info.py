@@ -10,13 +10,11 @@ from app.services.image_processing import FORMAT_CONTENT_TYPES
 router = APIRouter()
 
 
-# HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
-@router.api_route(
-    "/info",
-    methods=["GET", "HEAD"],
-    response_model=ServiceInfo,
-    summary="Service version, upload limits, embedding",
+@router.get(
+    "/info", response_model=ServiceInfo, summary="Service version, upload limits, embedding"
 )
+# HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
+@router.head("/info", include_in_schema=False)
 async def service_info(settings: SettingsDep, embedder: EmbedderDep) -> ServiceInfo:
     formats = sorted(settings.allowed_formats)
     return ServiceInfo(

@@ -36,6 +36,9 @@ def create_engine(url: URL, *, pool_size: int = 10, max_overflow: int = 10) -> A
             "server_settings": {
                 "statement_timeout": str(STATEMENT_TIMEOUT_MS),
                 "application_name": "image-similarity-service",
+                # pgvector >= 0.8: an index scan goes on past deleted or filtered-out rows until
+                # it has LIMIT results. Older pgvector drops the unknown setting with a warning.
+                "hnsw.iterative_scan": "relaxed_order",
             },
         },
     )

@@ -53,3 +53,17 @@ class SchemaMismatch(ServiceError):
     """The database schema does not match the configuration (raised at start-up only)."""
 
     code = "schema_mismatch"
+
+
+class StorageFull(ServiceError):
+    code = "storage_full"
+
+    def __init__(self) -> None:
+        super().__init__("No space left to store the image")
+
+
+class StorageUnavailable(ServiceError):
+    code = "storage_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Image storage is unavailable; retry shortly")

@@ -1,5 +1,7 @@
 """Image records: ingest, read, list and delete. Owns the consistency between rows and files."""
 
+import errno
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -14,9 +16,17 @@ from starlette.concurrency import run_in_threadpool
 
 from app.models.image import Image
 from app.services.embeddings import Embedder
-from app.services.errors import EmptyFile, FileTooLarge, ImageNotFound
+from app.services.errors import (
+    EmptyFile,
+    FileTooLarge,
+    ImageNotFound,
+    StorageFull,
+    StorageUnavailable,
+)
 from app.services.image_processing import analyse_image
 from app.services.storage import ImageStore
+
+logger = logging.getLogger(__name__)
 
 _MAX_FILENAME_LENGTH = 255
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -93,7 +103,7 @@ async def ingest_image(
 
     relative_path = store.relative_path(analysed.content_hash, analysed.extension)
     try:
-        await run_in_threadpool(store.write, data, relative_path)
+        await _write_file(store, data, relative_path)
         image = Image(
             id=uuid.uuid4(),
             filename=safe_filename(filename, analysed.extension),
@@ -115,10 +125,24 @@ async def ingest_image(
         session.add(image)
         await session.commit()
     except BaseException:
-        # Synchronous on purpose: it must also run when the request task is being cancelled.
-        store.remove(relative_path)
+        _discard_file(store, relative_path)
         raise
     return IngestResult(image=image, created=True)
+
+
+async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:
+    try:
+        await run_in_threadpool(store.write, data, relative_path)
+    except OSError as exc:
+        raise (StorageFull() if exc.errno == errno.ENOSPC else StorageUnavailable()) from exc
+
+
+def _discard_file(store: ImageStore, relative_path: str) -> None:
+    # Synchronous on purpose: it must also run while the request task is being cancelled.
+    try:
+        store.remove(relative_path)
+    except OSError:
+        logger.warning("could not remove %s after a failed upload", relative_path)
 
 
 async def get_image(session: AsyncSession, image_id: uuid.UUID) -> Image:

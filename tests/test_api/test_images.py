@@ -389,3 +389,19 @@ async def test_deleted_bytes_can_be_uploaded_again(client: AsyncClient, settings
     assert again.status_code == 201
     assert again.json()["id"] != first
     assert len(stored_files(settings)) == 1
+
+
+async def test_unwritable_storage_is_a_503_and_leaves_no_row(
+    tmp_path: Path, session: AsyncSession
+) -> None:
+    settings = make_settings(tmp_path)
+    app = build_app(settings, session)
+    # Storage root replaced by a plain file: every directory creation under it fails.
+    (settings.image_dir / ".staging").rmdir()
+    settings.image_dir.rmdir()
+    settings.image_dir.write_bytes(b"")
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        response = await upload(client, jpeg_bytes())
+
+    assert_error(response, 503, "storage_unavailable")
+    assert await row_count(session) == 0

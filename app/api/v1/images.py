@@ -36,7 +36,7 @@ router = APIRouter()
     summary="Upload an image",
     responses={
         200: {"model": ImageUploadResponse, "description": "These bytes were already stored"},
-        **error_responses(400, 413, 415, 422, 503),
+        **error_responses(400, 413, 415, 422, 503, 507),
     },
 )
 async def upload_image(

@@ -1,0 +1,145 @@
+"""Health probes, /info, the documentation endpoints and the error shape of unknown routes."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.database import create_engine, create_sessionmaker, get_session
+from app.main import create_app
+from tests.conftest import make_settings
+
+
+async def test_health_answers_200_with_and_without_trailing_slash(client: AsyncClient) -> None:
+    for path in ("/api/v1/health", "/api/v1/health/"):
+        response = await client.get(path)
+        assert response.status_code == 200, path  # directly: no redirect
+        assert response.json()["status"] == "healthy"
+        assert response.json()["database"] == "ok"
+
+
+async def test_live_and_ready_answer_200(client: AsyncClient) -> None:
+    assert (await client.get("/api/v1/health/live")).json() == {"status": "alive"}
+    ready = await client.get("/api/v1/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "database": "ok"})
+
+
+async def test_detailed_health_reports_database_pgvector_and_embedding(
+    client: AsyncClient,
+) -> None:
+    body = (await client.get("/api/v1/health/detailed")).json()
+
+    assert body["status"] == "healthy"
+    assert body["database"]["status"] == "ok"
+    assert body["database"]["mode"] == "embedded"
+    assert int(body["database"]["server_version"].split(".")[0]) >= 15
+    assert body["database"]["pgvector_version"].startswith("0.")
+    assert body["image_count"] == 0
+    assert body["embedding"] == {"model": "hash", "dimension": 512}
+    assert body["uptime_seconds"] >= 0
+
+
+async def test_detailed_health_never_shows_secrets(tmp_path: Path, session: AsyncSession) -> None:
+    settings = make_settings(
+        tmp_path, DATABASE_URL="postgresql://admin:s3cr3t-pw@db.internal:5432/images"
+    )
+    app = create_app(settings)
+
+    async def override_session() -> AsyncIterator[AsyncSession]:
+        yield session
+
+    app.dependency_overrides[get_session] = override_session
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        body = (await client.get("/api/v1/health/detailed")).text
+
+    assert "s3cr3t-pw" not in body
+    assert "db.internal" not in body
+    assert '"mode":"external"' in body
+
+
+@pytest.fixture
+async def database_down_client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
+    """The app wired to a PostgreSQL address where nothing listens."""
+    from sqlalchemy import make_url
+
+    engine = create_engine(make_url("postgresql+asyncpg://postgres@127.0.0.1:9/nothing"))
+    sessionmaker = create_sessionmaker(engine)
+    app: FastAPI = create_app(make_settings(tmp_path))
+
+    async def dead_session() -> AsyncIterator[AsyncSession]:
+        async with sessionmaker() as session:
+            yield session
+
+    app.dependency_overrides[get_session] = dead_session
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        yield client
+    await engine.dispose()
+
+
+async def test_probes_with_the_database_down(database_down_client: AsyncClient) -> None:
+    live = await database_down_client.get("/api/v1/health/live")
+    ready = await database_down_client.get("/api/v1/health/ready")
+    health = await database_down_client.get("/api/v1/health")
+    detailed = await database_down_client.get("/api/v1/health/detailed")
+
+    assert live.status_code == 200
+    assert (ready.status_code, ready.json()["status"]) == (503, "not_ready")
+    assert (health.status_code, health.json()["status"]) == (503, "unhealthy")
+    assert detailed.status_code == 503
+    assert detailed.json()["database"]["status"] == "unavailable"
+    assert "127.0.0.1" not in detailed.text
+
+
+async def test_image_endpoints_with_the_database_down_answer_503(
+    database_down_client: AsyncClient,
+) -> None:
+    response = await database_down_client.get("/api/v1/images/")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["retry-after"].isdigit()
+
+
+async def test_info_reports_limits_formats_and_embedding(client: AsyncClient) -> None:
+    body = (await client.get("/info")).json()
+
+    assert body["name"] and body["version"]
+    assert body["upload"]["max_file_size"] == 10 * 1024 * 1024
+    assert body["upload"]["max_image_pixels"] == 50_000_000
+    assert body["upload"]["accepted_formats"] == ["BMP", "GIF", "JPEG", "PNG"]
+    assert body["embedding"] == {"model": "hash", "dimension": 512}
+    assert (await client.head("/info")).status_code == 200  # `curl -I /info` works
+
+
+async def test_docs_redoc_and_openapi_are_served(client: AsyncClient) -> None:
+    assert (await client.get("/docs")).status_code == 200
+    assert (await client.get("/redoc")).status_code == 200
+    schema = (await client.get("/api/v1/openapi.json")).json()
+    assert "/api/v1/images/upload" in schema["paths"]
+    assert "/api/v1/health/" in schema["paths"]
+
+
+async def test_openapi_documents_the_error_shape_of_every_operation(client: AsyncClient) -> None:
+    schema = (await client.get("/api/v1/openapi.json")).json()
+    for path, operations in schema["paths"].items():
+        if not path.startswith("/api/v1/images"):
+            continue
+        for method, operation in operations.items():
+            errors = {
+                status: spec for status, spec in operation["responses"].items() if status >= "4"
+            }
+            assert errors, f"{method} {path} documents no errors"
+            for status, spec in errors.items():
+                ref = spec["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith(("/ErrorResponse", "/ValidationErrorResponse")), (path, status)
+
+
+async def test_unknown_routes_and_methods_get_the_json_error_shape(client: AsyncClient) -> None:
+    missing = await client.get("/api/v1/nothing-here")
+    wrong_method = await client.put("/api/v1/images/upload")
+
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")

@@ -1,0 +1,123 @@
+"""Similarity search against pgvector with vectors chosen by the test."""
+
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models.image import Image
+from app.services import vector_service
+from app.services.errors import ImageNotFound
+
+DIMENSION = 512
+
+
+def unit(vector: NDArray[np.float64]) -> NDArray[np.float32]:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+async def add_image(session: AsyncSession, vector: NDArray[np.float32]) -> uuid.UUID:
+    image_id = uuid.uuid4()
+    session.add(
+        Image(
+            id=image_id,
+            filename=f"{image_id}.png",
+            original_filename=f"{image_id}.png",
+            content_type="image/png",
+            file_size=1,
+            file_path=None,
+            content_hash=uuid.uuid4().hex * 2,
+            format="PNG",
+            width=1,
+            height=1,
+            upload_timestamp=datetime.now(UTC),
+            embedding_vector=vector,
+            embedding_model="test",
+            image_metadata={},
+            processing_status="completed",
+        )
+    )
+    await session.flush()
+    return image_id
+
+
+@pytest.fixture
+def base() -> NDArray[np.float64]:
+    return np.random.default_rng(7).standard_normal(DIMENSION)
+
+
+async def test_results_are_ranked_by_cosine_similarity(
+    session: AsyncSession, base: NDArray[np.float64]
+) -> None:
+    rng = np.random.default_rng(8)
+    query = await add_image(session, unit(base))
+    # Progressively noisier copies of the query vector: less and less similar.
+    ids = [
+        await add_image(session, unit(base + noise * rng.standard_normal(DIMENSION)))
+        for noise in (0.1, 0.5, 1.0, 3.0)
+    ]
+
+    matches = await vector_service.find_similar_images(session, query, limit=10, threshold=-1.0)
+
+    assert [match.id for match in matches] == ids
+    assert matches[0].similarity_score == pytest.approx(0.995, abs=0.01)
+    assert all(-1.0 <= match.similarity_score <= 1.0 for match in matches)
+
+
+async def test_threshold_limit_and_exclusion_of_the_query(
+    session: AsyncSession, base: NDArray[np.float64]
+) -> None:
+    query = await add_image(session, unit(base))
+    copy = await add_image(session, unit(base))  # identical vector: score 1.0
+    await add_image(session, unit(-base))  # opposite: score -1.0
+
+    at_one = await vector_service.find_similar_images(session, query, limit=10, threshold=1.0)
+    everything = await vector_service.find_similar_images(session, query, limit=10, threshold=-1)
+    one = await vector_service.find_similar_images(session, query, limit=1, threshold=-1)
+
+    assert [match.id for match in at_one] == [copy]
+    assert len(everything) == 2
+    assert query not in [match.id for match in everything]
+    assert everything[-1].similarity_score == pytest.approx(-1.0, abs=1e-5)
+    assert [match.id for match in one] == [copy]
+
+
+async def test_limit_of_100_returns_100_results(session: AsyncSession) -> None:
+    # More than the HNSW default ef_search (40): the search widens it to the limit.
+    rng = np.random.default_rng(9)
+    query = await add_image(session, unit(rng.standard_normal(DIMENSION)))
+    for _ in range(120):
+        await add_image(session, unit(rng.standard_normal(DIMENSION)))
+
+    await session.execute(text("SET LOCAL enable_seqscan = off"))  # make the planner use HNSW
+    matches = await vector_service.find_similar_images(session, query, limit=100, threshold=-1)
+
+    assert len(matches) == 100
+
+
+async def test_the_search_query_can_use_the_hnsw_index(
+    session: AsyncSession, base: NDArray[np.float64]
+) -> None:
+    await session.execute(text("SET LOCAL enable_seqscan = off"))
+    plan = await session.scalars(
+        text(
+            "EXPLAIN " + vector_service._NEAREST_SQL.replace(":query_vector", "CAST(:v AS vector)")
+        ),
+        {
+            "v": str(unit(base).tolist()),
+            "candidates": 11,
+            "query_id": uuid.uuid4(),
+            "max_distance": 0.5,
+            "limit": 10,
+        },
+    )
+    assert "images_embedding_vector_idx" in "\n".join(plan)
+
+
+async def test_unknown_query_image_raises_not_found(session: AsyncSession) -> None:
+    with pytest.raises(ImageNotFound):
+        await vector_service.find_similar_images(session, uuid.uuid4(), limit=5, threshold=0.5)

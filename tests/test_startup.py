@@ -1,0 +1,98 @@
+"""Start-up: schema on an empty database, the dimension check, and embedded mode end to end."""
+
+import re
+from pathlib import Path
+
+import psutil
+import pytest
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+
+from app.core.config import Settings
+from app.core.database import INIT_SQL_PATH, create_engine
+from app.main import create_app
+from app.services.errors import SchemaMismatch
+from tests.conftest import DatabaseFactory, make_settings
+from tests.images import jpeg_bytes
+
+
+def test_init_sql_vector_dimension_matches_the_configured_default() -> None:
+    dimensions = re.findall(r"VECTOR\((\d+)\)", INIT_SQL_PATH.read_text(), flags=re.IGNORECASE)
+    assert dimensions == [str(Settings.model_fields["EMBEDDING_DIMENSION"].default)]
+
+
+async def test_startup_creates_the_schema_on_an_empty_database_and_is_idempotent(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("startup_empty")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    app = create_app(settings)
+
+    for _ in range(2):  # a second start on the now-initialised database changes nothing
+        async with (
+            app.router.lifespan_context(app),
+            AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+        ):
+            assert (await client.get("/api/v1/images/")).json()["total"] == 0
+
+    engine = create_engine(url)
+    async with engine.connect() as connection:
+        indexes = set(
+            await connection.scalars(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'images'")
+            )
+        )
+    await engine.dispose()
+    assert {"images_pkey", "images_content_hash_key", "images_embedding_vector_idx"} <= indexes
+
+
+async def test_startup_refuses_a_dimension_that_differs_from_the_schema(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("startup_dimension")
+    settings = make_settings(
+        tmp_path, DATABASE_URL=url.render_as_string(hide_password=False), EMBEDDING_DIMENSION=256
+    )
+    app = create_app(settings)
+
+    with pytest.raises(SchemaMismatch, match="EMBEDDING_DIMENSION is 256"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+def postgres_processes_for(pgdata: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "postgres" and str(pgdata) in " ".join(
+            process.info["cmdline"] or []
+        ):
+            found.append(process)
+    return found
+
+
+async def test_embedded_mode_starts_postgres_keeps_data_and_stops_cleanly(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)  # no DATABASE_URL: embedded PostgreSQL under DATA_DIR
+    pgdata = settings.embedded_pgdata_dir
+
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        upload = await client.post(
+            "/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}
+        )
+        image_id = upload.json()["id"]
+    assert postgres_processes_for(pgdata) == []
+    assert not (pgdata / "postmaster.pid").exists()
+
+    restarted = create_app(settings)
+    async with (
+        restarted.router.lifespan_context(restarted),
+        AsyncClient(transport=ASGITransport(app=restarted), base_url="http://test") as client,
+    ):
+        response = await client.get(f"/api/v1/images/{image_id}")
+        detailed = (await client.get("/api/v1/health/detailed")).json()
+    assert response.status_code == 200
+    assert detailed["database"]["mode"] == "embedded"
+    assert postgres_processes_for(pgdata) == []
