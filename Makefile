@@ -26,8 +26,8 @@ run: install
 	$(BIN)/python -m app serve
 
 lint: install-dev
-	$(BIN)/ruff format --check app tests
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,11 +18,11 @@ from app.api import info
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
-from app.core.database import apply_schema, create_engine, create_sessionmaker
-from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
-from app.services.embeddings import create_embedder
+from app.core.database import create_sessionmaker, open_database
+from app.services.embeddings import Embedder, create_embedder
 from app.services.errors import (
     DatabaseUnavailable,
+    EmbeddingOutdated,
     EmptyFile,
     FileTooLarge,
     ImageNotFound,
@@ -33,6 +33,7 @@ from app.services.errors import (
     StorageUnavailable,
     UnsupportedImageFormat,
 )
+from app.services.images import count_stale_embeddings
 from app.services.storage import ImageStore
 
 logger = logging.getLogger("app")
@@ -48,6 +49,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     EmptyFile: 422,
     InvalidImage: 422,
     ImageTooLarge: 422,
+    EmbeddingOutdated: 409,
     DatabaseUnavailable: 503,
     StorageFull: 507,
     StorageUnavailable: 503,
@@ -64,21 +66,25 @@ HTTP_ERROR_CODES = {
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    async with AsyncExitStack() as stack:
-        url = settings.external_database_url()
-        app.state.database_mode = "external" if url is not None else "embedded"
-        if url is None:
-            embedded = EmbeddedPostgres(settings.embedded_pgdata_dir)
-            server_dsn = await run_in_threadpool(embedded.start)
-            stack.push_async_callback(run_in_threadpool, embedded.stop)
-            url = await ensure_database(server_dsn, settings.POSTGRES_DB)
-        engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
-        await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+    embedder: Embedder = app.state.embedder
+    async with open_database(settings) as engine:
         await run_in_threadpool(app.state.image_store.prepare)
         app.state.sessionmaker = create_sessionmaker(engine)
+        async with app.state.sessionmaker() as session:
+            stale = await count_stale_embeddings(session, model=embedder.name)
+        if stale:
+            logger.warning(
+                "%d stored images were embedded with another model than EMBEDDING_MODEL=%s; "
+                "similar-image search skips them until `python -m app reembed` has run",
+                stale,
+                embedder.name,
+            )
         logger.info(
-            "%s %s ready (%s database)", SERVICE_NAME, SERVICE_VERSION, app.state.database_mode
+            "%s %s ready (%s database, %s embeddings)",
+            SERVICE_NAME,
+            SERVICE_VERSION,
+            app.state.database_mode,
+            embedder.name,
         )
         yield
 
@@ -98,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started_at = time.monotonic()
     app.state.database_mode = "external" if settings.external_database_url() else "embedded"
     app.state.image_store = ImageStore(settings.image_dir)
-    app.state.embedder = create_embedder("hash", settings.EMBEDDING_DIMENSION)
+    app.state.embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
 
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES

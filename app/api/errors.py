@@ -9,6 +9,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed request body",
         404: "No image with this id",
+        409: "The image was embedded with another model; run `python -m app reembed` "
+        "(code `embedding_outdated`)",
         413: "The file exceeds MAX_FILE_SIZE (code `file_too_large`)",
         415: "The bytes are not an accepted image format (code `unsupported_image_format`)",
         422: "Invalid parameter (`validation_error`), or an empty (`empty_file`), corrupt or "

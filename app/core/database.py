@@ -1,6 +1,7 @@
 """Engine, sessions and the schema from init.sql."""
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from fastapi import Request
@@ -11,7 +12,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from starlette.concurrency import run_in_threadpool
 
+from app.core.config import Settings
+from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
 from app.services.errors import SchemaMismatch
 
 INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
@@ -68,6 +72,23 @@ async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None
             f"EMBEDDING_DIMENSION is {embedding_dimension}. They must agree: change the vector(N) "
             "column in init.sql and start on a new database, or keep the stored dimension"
         )
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The configured PostgreSQL (embedded one started if DATABASE_URL is unset), with the
+    schema applied. Everything started here is stopped on exit."""
+    async with AsyncExitStack() as stack:
+        url = settings.external_database_url()
+        if url is None:
+            embedded = EmbeddedPostgres(settings.embedded_pgdata_dir)
+            server_dsn = await run_in_threadpool(embedded.start)
+            stack.push_async_callback(run_in_threadpool, embedded.stop)
+            url = await ensure_database(server_dsn, settings.POSTGRES_DB)
+        engine = create_engine(url)
+        stack.push_async_callback(engine.dispose)
+        await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+        yield engine
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

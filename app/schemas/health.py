@@ -35,6 +35,16 @@ class EmbeddingInfo(BaseModel):
     dimension: int
 
 
+class EmbeddingStatus(EmbeddingInfo):
+    stored_models: dict[str, int] | None = Field(
+        default=None, description="Stored images per embedding model"
+    )
+    stale_images: int | None = Field(
+        default=None,
+        description="Images embedded with another model: not searchable until `reembed` runs",
+    )
+
+
 class DetailedHealth(BaseModel):
     status: Literal["healthy", "unhealthy"]
     version: str
@@ -42,7 +52,7 @@ class DetailedHealth(BaseModel):
     timestamp: datetime
     database: DatabaseHealth
     image_count: int | None
-    embedding: EmbeddingInfo
+    embedding: EmbeddingStatus
 
 
 class UploadLimitsInfo(BaseModel):

@@ -16,6 +16,16 @@ class ImageNotFound(ServiceError):
         super().__init__(f"Image {image_id} not found")
 
 
+class EmbeddingOutdated(ServiceError):
+    code = "embedding_outdated"
+
+    def __init__(self, image_id: object, stored_model: str, current_model: str) -> None:
+        super().__init__(
+            f"Image {image_id} was embedded with the {stored_model!r} model, not the current "
+            f"{current_model!r}; run `python -m app reembed` to bring it up to date"
+        )
+
+
 class FileTooLarge(ServiceError):
     code = "file_too_large"
 

@@ -3,11 +3,11 @@
 import asyncio
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.image import Image
+from app.services.images import count_by_model
 
 CHECK_TIMEOUT_SECONDS = 3.0
 
@@ -18,6 +18,7 @@ class DatabaseStatus:
     server_version: str | None = None
     pgvector_version: str | None = None
     image_count: int | None = None
+    images_by_model: dict[str, int] | None = None
     error: str | None = None
 
 
@@ -37,7 +38,7 @@ async def inspect_database(session: AsyncSession) -> DatabaseStatus:
             pgvector_version = await session.scalar(
                 text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             )
-            image_count = await session.scalar(select(func.count()).select_from(Image))
+            images_by_model = await count_by_model(session)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class name only: driver messages can carry hosts, paths or SQL.
         return DatabaseStatus(available=False, error=type(exc).__name__)
@@ -45,5 +46,6 @@ async def inspect_database(session: AsyncSession) -> DatabaseStatus:
         available=True,
         server_version=server_version,
         pgvector_version=pgvector_version,
-        image_count=image_count,
+        image_count=sum(images_by_model.values()),
+        images_by_model=images_by_model,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.services.embeddings import Embedder
 from app.services.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
@@ -45,6 +45,7 @@ _EXIF_IFD_TEXT_TAGS = {
     ExifTags.Base.DateTimeOriginal: "taken_at",
     ExifTags.Base.LensModel: "lens_model",
 }
+_DECODE_SIDE = 128
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_METADATA_TEXT = 128
 
@@ -89,10 +90,11 @@ def analyse_image(
                 raise ImageTooLarge(f"Image has {width * height} pixels; the limit is {max_pixels}")
             metadata = _describe(image)
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
-            # decoded at a reduced scale, which is much faster and still reads every byte.
-            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            # decoded at a reduced scale, which is much faster and still reads every byte;
+            # the embedders work at 64 x 64, so 128 pixels a side is plenty.
+            image.draft("RGB", (_DECODE_SIDE, _DECODE_SIDE))
             image.load()
-            embedding = embedder.embed(image, content_sha256=digest)
+            embedding = embedder.embed(_upright(image), content_sha256=digest)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"Image exceeds the pixel limit of {max_pixels}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -114,6 +116,14 @@ def analyse_image(
         metadata=metadata,
         embedding=embedding,
     )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF orientation applied (a broken EXIF block is ignored)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF must never cost the upload
+        return image
 
 
 def _describe(image: Image.Image) -> dict[str, Any]:

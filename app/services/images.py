@@ -184,3 +184,20 @@ async def delete_image(session: AsyncSession, image_id: uuid.UUID, *, store: Ima
     if not reuploaded:
         await run_in_threadpool(store.remove, relative_path)
     await session.commit()
+
+
+async def count_stale_embeddings(session: AsyncSession, *, model: str) -> int:
+    """How many stored images were embedded with another model than `model`."""
+    return (
+        await session.scalar(
+            select(func.count()).select_from(Image).where(Image.embedding_model != model)
+        )
+        or 0
+    )
+
+
+async def count_by_model(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(Image.embedding_model, func.count()).group_by(Image.embedding_model)
+    )
+    return {model: count for model, count in rows.tuples()}

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.image import Image
-from app.services.errors import ImageNotFound
+from app.services.errors import EmbeddingOutdated, ImageNotFound
 
 # The inner query orders by the distance operator and limits, which is the shape the HNSW index
 # (vector_cosine_ops) can serve; the threshold and the exclusion of the query image are applied
@@ -19,6 +19,7 @@ WITH nearest AS MATERIALIZED (
     SELECT id, filename, content_type, upload_timestamp,
            embedding_vector <=> :query_vector AS distance
     FROM images
+    WHERE embedding_model = :model
     ORDER BY embedding_vector <=> :query_vector
     LIMIT :candidates
 )
@@ -44,13 +45,20 @@ class SimilarMatch:
 
 
 async def find_similar_images(
-    session: AsyncSession, image_id: uuid.UUID, *, limit: int, threshold: float
+    session: AsyncSession, image_id: uuid.UUID, *, model: str, limit: int, threshold: float
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
-    never including the query image itself."""
-    query_vector = await session.scalar(select(Image.embedding_vector).where(Image.id == image_id))
-    if query_vector is None:
+    never including the query image itself. Only embeddings of `model` are compared."""
+    query = (
+        await session.execute(
+            select(Image.embedding_vector, Image.embedding_model).where(Image.id == image_id)
+        )
+    ).one_or_none()
+    if query is None:
         raise ImageNotFound(image_id)
+    query_vector, query_model = query
+    if query_model != model:
+        raise EmbeddingOutdated(image_id, query_model, model)
 
     candidates = limit + 1  # the query image is normally its own nearest neighbour
     await session.execute(
@@ -64,6 +72,7 @@ async def find_similar_images(
         statement,
         {
             "query_vector": query_vector,
+            "model": model,
             "candidates": candidates,
             "query_id": image_id,
             "max_distance": 1.0 - threshold + _SCORE_TOLERANCE,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.models.image import Image
 from tests.conftest import build_app, make_settings
-from tests.images import encode, jpeg_bytes, photo, png_bytes
+from tests.images import encode, jpeg_bytes, photo, png_bytes, scene
 
 UPLOAD = "/api/v1/images/upload"
 
@@ -77,7 +77,7 @@ async def test_get_image_returns_the_stored_record(client: AsyncClient) -> None:
     assert record["processed_timestamp"].endswith("Z")
     assert record["metadata"]["mode"] == "RGB"
     assert record["metadata"]["has_transparency"] is False
-    assert record["metadata"]["embedding"] == {"model": "hash", "dimension": 512}
+    assert record["metadata"]["embedding"] == {"model": "perceptual", "dimension": 512}
 
 
 async def test_upload_png_with_alpha_reports_transparency(client: AsyncClient) -> None:
@@ -342,11 +342,38 @@ async def test_similar_applies_limit_and_threshold(client: AsyncClient) -> None:
     ids = [(await upload(client, jpeg_bytes(seed=seed))).json()["id"] for seed in range(4)]
 
     limited = (await client.get(f"/api/v1/images/{ids[0]}/similar?limit=2&threshold=-1")).json()
-    # Hash embeddings of different files are unrelated (cosine near 0): nothing reaches 0.8.
-    strict = (await client.get(f"/api/v1/images/{ids[0]}/similar?limit=5&threshold=0.8")).json()
+    perfect = (await client.get(f"/api/v1/images/{ids[0]}/similar?threshold=1")).json()
 
     assert limited["total_results"] == 2
-    assert strict == {**strict, "similar_images": [], "total_results": 0}
+    assert perfect == {**perfect, "similar_images": [], "total_results": 0}
+
+
+async def test_similar_finds_an_edited_copy_at_the_default_threshold(client: AsyncClient) -> None:
+    original = scene(640, 480, seed=1)
+    query = (await upload(client, encode(original, "JPEG", quality=90))).json()["id"]
+    copy = (await upload(client, encode(original.resize((320, 240)), "JPEG", quality=40))).json()
+    unrelated = (await upload(client, encode(scene(640, 480, seed=2), "JPEG"))).json()
+
+    body = (await client.get(f"/api/v1/images/{query}/similar")).json()
+
+    found = [match["id"] for match in body["similar_images"]]
+    assert found == [copy["id"]]
+    assert unrelated["id"] not in found
+    assert body["similar_images"][0]["similarity_score"] > 0.9
+
+
+async def test_hash_model_only_finds_identical_bytes(tmp_path: Path, session: AsyncSession) -> None:
+    app = build_app(make_settings(tmp_path, EMBEDDING_MODEL="hash"), session)
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        original = scene(640, 480, seed=1)
+        query = (await upload(client, encode(original, "JPEG", quality=90))).json()["id"]
+        await upload(client, encode(original.resize((320, 240)), "JPEG", quality=40))
+        strict = (await client.get(f"/api/v1/images/{query}/similar?threshold=0.5")).json()
+        record = (await client.get(f"/api/v1/images/{query}")).json()
+
+    # Different bytes give unrelated hash embeddings (cosine near 0), even for a copy.
+    assert strict["similar_images"] == []
+    assert record["metadata"]["embedding"] == {"model": "hash", "dimension": 512}
 
 
 async def test_similar_of_unknown_image_is_a_404(client: AsyncClient) -> None:

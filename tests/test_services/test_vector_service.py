@@ -11,16 +11,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.image import Image
 from app.services import vector_service
-from app.services.errors import ImageNotFound
+from app.services.errors import EmbeddingOutdated, ImageNotFound
 
 DIMENSION = 512
+MODEL = "test"
 
 
 def unit(vector: NDArray[np.float64]) -> NDArray[np.float32]:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
-async def add_image(session: AsyncSession, vector: NDArray[np.float32]) -> uuid.UUID:
+async def add_image(
+    session: AsyncSession, vector: NDArray[np.float32], model: str = MODEL
+) -> uuid.UUID:
     image_id = uuid.uuid4()
     session.add(
         Image(
@@ -36,7 +39,7 @@ async def add_image(session: AsyncSession, vector: NDArray[np.float32]) -> uuid.
             height=1,
             upload_timestamp=datetime.now(UTC),
             embedding_vector=vector,
-            embedding_model="test",
+            embedding_model=model,
             image_metadata={},
             processing_status="completed",
         )
@@ -61,7 +64,9 @@ async def test_results_are_ranked_by_cosine_similarity(
         for noise in (0.1, 0.5, 1.0, 3.0)
     ]
 
-    matches = await vector_service.find_similar_images(session, query, limit=10, threshold=-1.0)
+    matches = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=10, threshold=-1.0
+    )
 
     assert [match.id for match in matches] == ids
     assert matches[0].similarity_score == pytest.approx(0.995, abs=0.01)
@@ -75,9 +80,15 @@ async def test_threshold_limit_and_exclusion_of_the_query(
     copy = await add_image(session, unit(base))  # identical vector: score 1.0
     await add_image(session, unit(-base))  # opposite: score -1.0
 
-    at_one = await vector_service.find_similar_images(session, query, limit=10, threshold=1.0)
-    everything = await vector_service.find_similar_images(session, query, limit=10, threshold=-1)
-    one = await vector_service.find_similar_images(session, query, limit=1, threshold=-1)
+    at_one = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=10, threshold=1.0
+    )
+    everything = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=10, threshold=-1
+    )
+    one = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=1, threshold=-1
+    )
 
     assert [match.id for match in at_one] == [copy]
     assert len(everything) == 2
@@ -94,7 +105,9 @@ async def test_limit_of_100_returns_100_results(session: AsyncSession) -> None:
         await add_image(session, unit(rng.standard_normal(DIMENSION)))
 
     await session.execute(text("SET LOCAL enable_seqscan = off"))  # make the planner use HNSW
-    matches = await vector_service.find_similar_images(session, query, limit=100, threshold=-1)
+    matches = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=100, threshold=-1
+    )
 
     assert len(matches) == 100
 
@@ -109,6 +122,7 @@ async def test_the_search_query_can_use_the_hnsw_index(
         ),
         {
             "v": str(unit(base).tolist()),
+            "model": MODEL,
             "candidates": 11,
             "query_id": uuid.uuid4(),
             "max_distance": 0.5,
@@ -120,4 +134,30 @@ async def test_the_search_query_can_use_the_hnsw_index(
 
 async def test_unknown_query_image_raises_not_found(session: AsyncSession) -> None:
     with pytest.raises(ImageNotFound):
-        await vector_service.find_similar_images(session, uuid.uuid4(), limit=5, threshold=0.5)
+        await vector_service.find_similar_images(
+            session, uuid.uuid4(), model=MODEL, limit=5, threshold=0.5
+        )
+
+
+async def test_only_embeddings_of_the_current_model_are_compared(
+    session: AsyncSession, base: NDArray[np.float64]
+) -> None:
+    query = await add_image(session, unit(base))
+    same_model = await add_image(session, unit(base + 0.5))
+    await add_image(session, unit(base), model="older")  # identical vector, other model
+
+    matches = await vector_service.find_similar_images(
+        session, query, model=MODEL, limit=10, threshold=-1
+    )
+
+    assert [match.id for match in matches] == [same_model]
+
+
+async def test_a_query_image_from_another_model_is_reported_outdated(
+    session: AsyncSession, base: NDArray[np.float64]
+) -> None:
+    query = await add_image(session, unit(base), model="older")
+    with pytest.raises(EmbeddingOutdated, match="reembed"):
+        await vector_service.find_similar_images(
+            session, query, model=MODEL, limit=10, threshold=-1
+        )

@@ -10,7 +10,7 @@ from app.core.config import SERVICE_VERSION
 from app.schemas.health import (
     DatabaseHealth,
     DetailedHealth,
-    EmbeddingInfo,
+    EmbeddingStatus,
     HealthStatus,
     LivenessStatus,
     ReadinessStatus,
@@ -65,7 +65,14 @@ async def detailed_health(
             error=database.error,
         ),
         image_count=database.image_count,
-        embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),
+        embedding=EmbeddingStatus(
+            model=embedder.name,
+            dimension=embedder.dimension,
+            stored_models=database.images_by_model,
+            stale_images=None
+            if database.images_by_model is None
+            else sum(n for m, n in database.images_by_model.items() if m != embedder.name),
+        ),
     )
 
 

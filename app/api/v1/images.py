@@ -104,18 +104,20 @@ async def get_image(image_id: ImageId, session: SessionDep) -> ImageRead:
     "/{image_id}/similar",
     response_model=SimilarImagesResponse,
     summary="Find the stored images most similar to this one",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(404, 409, 422, 503),
 )
 async def find_similar_images(
     image_id: ImageId,
     session: SessionDep,
     settings: SettingsDep,
+    embedder: EmbedderDep,
     limit: SimilarLimit = None,
     threshold: Threshold = None,
 ) -> SimilarImagesResponse:
     matches = await vector_service.find_similar_images(
         session,
         image_id,
+        model=embedder.name,
         limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
         threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
     )

