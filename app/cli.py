@@ -10,13 +10,24 @@ import uvicorn
 
 from app.core.config import get_settings
 from app.core.database import create_sessionmaker, open_database
+from app.services.cnn_embedder import CnnUnavailable, check_available
 from app.services.embeddings import create_embedder
 from app.services.reembed import ReembedProgress, reembed_images
 from app.services.storage import ImageStore
 
 
+def require_embedder_dependencies(model: str) -> None:
+    """Refuse to start, with the fix, when the chosen embedder's extra is not installed."""
+    if model == "cnn":
+        try:
+            check_available()
+        except CnnUnavailable as exc:
+            sys.exit(f"error: {exc}")
+
+
 def serve(arguments: argparse.Namespace) -> None:
     settings = get_settings()
+    require_embedder_dependencies(settings.EMBEDDING_MODEL)
     level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Its per-command INFO lines are noise in the service log.
@@ -55,6 +66,7 @@ class ProgressBar:
 
 def reembed(arguments: argparse.Namespace) -> None:
     settings = get_settings()
+    require_embedder_dependencies(settings.EMBEDDING_MODEL)
     logging.basicConfig(level=logging.WARNING)
     embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
 

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from app.services.embeddings import EMBEDDERS, create_embedder
+from app.services.embeddings import EMBEDDING_MODELS, create_embedder
 from app.services.image_processing import analyse_image
 
 PHOTOS = {
@@ -193,9 +193,15 @@ def distributions(
     return np.array(copies), np.array(unrelated)
 
 
+def available(model: str) -> bool:
+    return model != "cnn" or find_spec("torch") is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="*", default=[m for m in EMBEDDERS if m != "cnn"])
+    parser.add_argument(
+        "--models", nargs="*", default=[m for m in EMBEDDING_MODELS if available(m)]
+    )
     arguments = parser.parse_args()
 
     samples = build_samples()

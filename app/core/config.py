@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
 
     # Embeddings and search
-    EMBEDDING_MODEL: Literal["perceptual", "hash"] = "perceptual"
+    EMBEDDING_MODEL: Literal["perceptual", "hash", "cnn"] = "perceptual"
     EMBEDDING_DIMENSION: int = Field(default=512, ge=2, le=16000)
     # Calibrated on bench/quality.py for the perceptual model: ~97% of edited copies score at
     # least 0.6, and fewer than 0.5% of unrelated photos do.

@@ -14,6 +14,8 @@ from PIL import Image
 class Embedder(Protocol):
     name: str
     dimension: int
+    # Smallest side the embedder wants to see; JPEGs are decoded at a reduced scale down to it.
+    decode_side: int
 
     def embed(self, image: Image.Image, *, content_sha256: bytes) -> NDArray[np.float32]: ...
 
@@ -26,6 +28,7 @@ class HashEmbedder:
     """
 
     name = "hash"
+    decode_side = 64  # no pixel work: decoding only validates the file
 
     def __init__(self, dimension: int) -> None:
         self.dimension = dimension
@@ -96,6 +99,7 @@ class PerceptualEmbedder:
     """
 
     name = "perceptual"
+    decode_side = 2 * _SIDE
     # Relative weights of the blocks, tuned on bench/quality.py.
     weights: ClassVar[dict[str, float]] = {
         "dct": 1.0,
@@ -182,14 +186,17 @@ def _chroma_histogram_block(chroma: NDArray[np.float64]) -> NDArray[np.float64]:
     return _centred_unit(np.sqrt(histogram.ravel()))
 
 
-EMBEDDERS: dict[str, type[HashEmbedder] | type[PerceptualEmbedder]] = {
-    HashEmbedder.name: HashEmbedder,
-    PerceptualEmbedder.name: PerceptualEmbedder,
-}
+EMBEDDING_MODELS = ("perceptual", "hash", "cnn")
 
 
 def create_embedder(name: str, dimension: int) -> Embedder:
-    try:
-        return EMBEDDERS[name](dimension)
-    except KeyError:
-        raise ValueError(f"unknown embedding model {name!r}") from None
+    """The embedder called `name`. `cnn` raises CnnUnavailable when its extra is missing."""
+    if name == PerceptualEmbedder.name:
+        return PerceptualEmbedder(dimension)
+    if name == HashEmbedder.name:
+        return HashEmbedder(dimension)
+    if name == "cnn":
+        from app.services.cnn_embedder import CnnEmbedder
+
+        return CnnEmbedder(dimension)
+    raise ValueError(f"unknown embedding model {name!r}")

@@ -45,7 +45,6 @@ _EXIF_IFD_TEXT_TAGS = {
     ExifTags.Base.DateTimeOriginal: "taken_at",
     ExifTags.Base.LensModel: "lens_model",
 }
-_DECODE_SIDE = 128
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_METADATA_TEXT = 128
 
@@ -90,9 +89,8 @@ def analyse_image(
                 raise ImageTooLarge(f"Image has {width * height} pixels; the limit is {max_pixels}")
             metadata = _describe(image)
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
-            # decoded at a reduced scale, which is much faster and still reads every byte;
-            # the embedders work at 64 x 64, so 128 pixels a side is plenty.
-            image.draft("RGB", (_DECODE_SIDE, _DECODE_SIDE))
+            # decoded at a reduced scale, which is much faster and still reads every byte.
+            image.draft("RGB", (embedder.decode_side, embedder.decode_side))
             image.load()
             embedding = embedder.embed(_upright(image), content_sha256=digest)
     except Image.DecompressionBombError as exc:
