@@ -30,7 +30,8 @@ ALTER TABLE images ALTER COLUMN embedding_vector SET STORAGE PLAIN;
 -- Listing is newest first with a stable tie-break.
 CREATE INDEX IF NOT EXISTS images_upload_timestamp_idx ON images (upload_timestamp DESC, id DESC);
 
--- Cosine similarity search. HNSW rather than the seed's IVFFlat: IVFFlat learns its centres when
--- it is built, and one built on an empty table (as at first start-up) keeps useless centres.
-CREATE INDEX IF NOT EXISTS images_embedding_vector_idx
-    ON images USING hnsw (embedding_vector vector_cosine_ops);
+-- The cosine vector index (images_embedding_vector_idx) is not created here: its kind and
+-- parameters are settings (VECTOR_INDEX, HNSW_*, IVFFLAT_*, VECTOR_STORAGE), and an IVFFlat
+-- index must not be built on an empty table. The service builds it at start-up, by default:
+--   CREATE INDEX images_embedding_vector_idx ON images
+--       USING hnsw (embedding_vector vector_cosine_ops) WITH (m = 16, ef_construction = 64);

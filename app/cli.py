@@ -10,6 +10,7 @@ import uvicorn
 
 from app.core.config import get_settings
 from app.core.database import create_sessionmaker, open_database
+from app.core.vector_index import IndexStatus, ensure_vector_index
 from app.services.cnn_embedder import CnnUnavailable, check_available
 from app.services.embeddings import create_embedder
 from app.services.reembed import ReembedProgress, reembed_images
@@ -90,6 +91,22 @@ def reembed(arguments: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def reindex(arguments: argparse.Namespace) -> None:
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    async def run() -> IndexStatus:
+        async with open_database(settings) as engine:
+            return await ensure_vector_index(engine, settings.vector_index, rebuild=True)
+
+    started = time.monotonic()
+    status = asyncio.run(run())
+    print(
+        f"reindex: {status.action} {status.definition or ''} in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,5 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     reembed_parser.add_argument("--batch-size", type=int, default=100, help="rows per commit")
     reembed_parser.set_defaults(handler=reembed)
+    commands.add_parser(
+        "reindex",
+        help="rebuild the vector index per VECTOR_INDEX (IVFFlat: after the collection has grown)",
+    ).set_defaults(handler=reindex)
     arguments = parser.parse_args(argv)
     arguments.handler(arguments)

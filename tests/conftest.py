@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, get_session
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
+from app.core.vector_index import ensure_vector_index, search_settings
 from app.main import create_app
 
 TEST_DATABASE = "image_processing_test"
@@ -60,8 +61,11 @@ async def database_url(create_database: DatabaseFactory) -> URL:
 
 @pytest.fixture(scope="session")
 async def engine(database_url: URL) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
+    """The test database, prepared as the service prepares its own (default settings)."""
+    index = Settings.model_validate({}).vector_index
+    engine = create_engine(database_url, server_settings=search_settings(index))
     await apply_schema(engine, embedding_dimension=512)
+    await ensure_vector_index(engine, index)
     yield engine
     await engine.dispose()
 

@@ -1,5 +1,7 @@
 """Service configuration: one `Settings` object read from the environment and `.env`."""
 
+import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +24,20 @@ EXTENSION_FORMATS: dict[str, str] = {
     ".bmp": "BMP",
 }
 ALWAYS_ALLOWED_FORMATS = frozenset({"JPEG", "PNG"})
+
+
+@dataclass(frozen=True)
+class VectorIndexConfig:
+    kind: Literal["hnsw", "ivfflat", "none"]
+    storage: Literal["vector", "halfvec"]
+    dimension: int
+    hnsw_m: int
+    hnsw_ef_construction: int
+    hnsw_ef_search: int
+    ivfflat_lists: int | None
+    ivfflat_probes: int
+    build_memory: str
+
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -69,6 +85,21 @@ class Settings(BaseSettings):
     SIMILARITY_THRESHOLD: float = Field(default=0.6, ge=-1.0, le=1.0)
     MAX_SIMILAR_RESULTS: int = Field(default=10, ge=1, le=100)
 
+    # Vector index (see README, "Search at scale")
+    VECTOR_INDEX: Literal["hnsw", "ivfflat", "none"] = "hnsw"
+    VECTOR_STORAGE: Literal["vector", "halfvec"] = "vector"
+    HNSW_M: int = Field(default=16, ge=2, le=100)
+    HNSW_EF_CONSTRUCTION: int = Field(default=64, ge=4, le=1000)
+    HNSW_EF_SEARCH: int = Field(default=40, ge=1, le=1000)
+    IVFFLAT_LISTS: int | None = Field(default=None, ge=1, le=32768)
+    IVFFLAT_PROBES: int = Field(default=20, ge=1, le=32768)
+    INDEX_BUILD_MEMORY: str = Field(default="1GB", pattern=r"^\d+\s*(kB|MB|GB)$")
+
+    # Concurrency
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
+    IMAGE_WORKERS: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256)
+
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
@@ -110,6 +141,20 @@ class Settings(BaseSettings):
     @property
     def embedded_pgdata_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+    @property
+    def vector_index(self) -> "VectorIndexConfig":
+        return VectorIndexConfig(
+            kind=self.VECTOR_INDEX,
+            storage=self.VECTOR_STORAGE,
+            dimension=self.EMBEDDING_DIMENSION,
+            hnsw_m=self.HNSW_M,
+            hnsw_ef_construction=self.HNSW_EF_CONSTRUCTION,
+            hnsw_ef_search=self.HNSW_EF_SEARCH,
+            ivfflat_lists=self.IVFFLAT_LISTS,
+            ivfflat_probes=self.IVFFLAT_PROBES,
+            build_memory=self.INDEX_BUILD_MEMORY,
+        )
 
     def external_database_url(self) -> URL | None:
         """The URL of an external PostgreSQL, or None when the embedded one should be used."""

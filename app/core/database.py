@@ -1,5 +1,6 @@
 """Engine, sessions and the schema from init.sql."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
+from app.core.vector_index import ensure_vector_index, search_settings
 from app.services.errors import SchemaMismatch
+
+logger = logging.getLogger(__name__)
 
 INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
 
@@ -27,7 +31,13 @@ STATEMENT_TIMEOUT_MS = 30_000
 _SCHEMA_LOCK_ID = 0x1A9E5
 
 
-def create_engine(url: URL, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+def create_engine(
+    url: URL,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    server_settings: dict[str, str] | None = None,
+) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -40,9 +50,7 @@ def create_engine(url: URL, *, pool_size: int = 10, max_overflow: int = 10) -> A
             "server_settings": {
                 "statement_timeout": str(STATEMENT_TIMEOUT_MS),
                 "application_name": "image-similarity-service",
-                # pgvector >= 0.8: an index scan goes on past deleted or filtered-out rows until
-                # it has LIMIT results. Older pgvector drops the unknown setting with a warning.
-                "hnsw.iterative_scan": "relaxed_order",
+                **(server_settings or {}),
             },
         },
     )
@@ -85,9 +93,16 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
             server_dsn = await run_in_threadpool(embedded.start)
             stack.push_async_callback(run_in_threadpool, embedded.stop)
             url = await ensure_database(server_dsn, settings.POSTGRES_DB)
-        engine = create_engine(url)
+        engine = create_engine(
+            url,
+            pool_size=settings.DB_POOL_SIZE,
+            max_overflow=settings.DB_MAX_OVERFLOW,
+            server_settings=search_settings(settings.vector_index),
+        )
         stack.push_async_callback(engine.dispose)
         await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+        status = await ensure_vector_index(engine, settings.vector_index)
+        logger.info("vector index %s: %s", status.action, status.definition or "none")
         yield engine
 
 

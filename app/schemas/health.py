@@ -27,6 +27,9 @@ class DatabaseHealth(BaseModel):
     mode: Literal["embedded", "external"]
     server_version: str | None = None
     pgvector_version: str | None = None
+    vector_index: str | None = Field(
+        default=None, description="The similarity index, e.g. `hnsw storage=vector m=16 ...`"
+    )
     error: str | None = Field(default=None, description="Why the database is unavailable")
 
 

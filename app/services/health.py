@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.vector_index import INDEX_NAME
 from app.services.images import count_by_model
 
 CHECK_TIMEOUT_SECONDS = 3.0
@@ -19,6 +20,7 @@ class DatabaseStatus:
     pgvector_version: str | None = None
     image_count: int | None = None
     images_by_model: dict[str, int] | None = None
+    vector_index: str | None = None
     error: str | None = None
 
 
@@ -39,6 +41,10 @@ async def inspect_database(session: AsyncSession) -> DatabaseStatus:
                 text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             )
             images_by_model = await count_by_model(session)
+            vector_index = await session.scalar(
+                text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
+                {"name": INDEX_NAME},
+            )
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class name only: driver messages can carry hosts, paths or SQL.
         return DatabaseStatus(available=False, error=type(exc).__name__)
@@ -48,4 +54,5 @@ async def inspect_database(session: AsyncSession) -> DatabaseStatus:
         pgvector_version=pgvector_version,
         image_count=sum(images_by_model.values()),
         images_by_model=images_by_model,
+        vector_index=vector_index,
     )

@@ -3,36 +3,44 @@
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.config import VectorIndexConfig
+from app.core.vector_index import indexed_expression, query_expression
 from app.models.image import Image
 from app.services.errors import EmbeddingOutdated, ImageNotFound
 
-# The inner query orders by the distance operator and limits, which is the shape the HNSW index
-# (vector_cosine_ops) can serve; the threshold and the exclusion of the query image are applied
-# outside it, so a threshold that nothing meets never turns into a scan of the whole index.
-_NEAREST_SQL = """
-WITH nearest AS MATERIALIZED (
-    SELECT id, filename, content_type, upload_timestamp,
-           embedding_vector <=> :query_vector AS distance
-    FROM images
-    WHERE embedding_model = :model
-    ORDER BY embedding_vector <=> :query_vector
-    LIMIT :candidates
-)
-SELECT id, filename, content_type, upload_timestamp, distance
-FROM nearest
-WHERE id <> :query_id AND distance <= :max_distance
-ORDER BY distance, id
-LIMIT :limit
-"""
-# hnsw.ef_search bounds how many neighbours one index scan can return (default 40).
-_MIN_EF_SEARCH = 40
 # Float rounding must not drop an exact copy (score 0.9999999) at threshold=1.
 _SCORE_TOLERANCE = 1e-6
+
+
+@cache
+def nearest_images_sql(config: VectorIndexConfig) -> TextClause:
+    """The search statement. The inner query orders by the distance operator and limits, the
+    shape the vector index can serve; the threshold and the exclusion of the query image apply
+    outside it, so a threshold that nothing meets never turns into a scan of the whole index."""
+    distance = f"{indexed_expression(config)} <=> {query_expression(config)}"
+    # Only fixed expressions are formatted in; every value is a bound parameter.
+    return text(
+        f"""
+        WITH nearest AS MATERIALIZED (
+            SELECT id, filename, content_type, upload_timestamp, {distance} AS distance
+            FROM images
+            WHERE embedding_model = :model
+            ORDER BY {distance}
+            LIMIT :candidates
+        )
+        SELECT id, filename, content_type, upload_timestamp, distance
+        FROM nearest
+        WHERE id <> :query_id AND distance <= :max_distance
+        ORDER BY distance, id
+        LIMIT :limit
+        """  # noqa: S608
+    ).bindparams(bindparam("query_vector", type_=Vector(config.dimension)))
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,13 @@ class SimilarMatch:
 
 
 async def find_similar_images(
-    session: AsyncSession, image_id: uuid.UUID, *, model: str, limit: int, threshold: float
+    session: AsyncSession,
+    image_id: uuid.UUID,
+    *,
+    model: str,
+    limit: int,
+    threshold: float,
+    index: VectorIndexConfig,
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
     never including the query image itself. Only embeddings of `model` are compared."""
@@ -60,20 +74,13 @@ async def find_similar_images(
     if query_model != model:
         raise EmbeddingOutdated(image_id, query_model, model)
 
-    candidates = limit + 1  # the query image is normally its own nearest neighbour
-    await session.execute(
-        text("SELECT set_config('hnsw.ef_search', :ef_search, true)"),
-        {"ef_search": str(max(_MIN_EF_SEARCH, candidates))},
-    )
-    statement = text(_NEAREST_SQL).bindparams(
-        bindparam("query_vector", type_=Vector(len(query_vector)))
-    )
     rows = await session.execute(
-        statement,
+        nearest_images_sql(index),
         {
             "query_vector": query_vector,
             "model": model,
-            "candidates": candidates,
+            # One more than asked: the query image is normally its own nearest neighbour.
+            "candidates": limit + 1,
             "query_id": image_id,
             "max_distance": 1.0 - threshold + _SCORE_TOLERANCE,
             "limit": limit,

@@ -62,6 +62,7 @@ async def detailed_health(
             mode=request.app.state.database_mode,
             server_version=database.server_version,
             pgvector_version=database.pgvector_version,
+            vector_index=database.vector_index,
             error=database.error,
         ),
         image_count=database.image_count,

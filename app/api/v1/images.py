@@ -120,6 +120,7 @@ async def find_similar_images(
         model=embedder.name,
         limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
         threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
+        index=settings.vector_index,
     )
     return SimilarImagesResponse(
         query_image_id=image_id,

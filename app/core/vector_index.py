@@ -1,0 +1,149 @@
+"""The vector index: created, replaced or rebuilt to match VECTOR_INDEX and its knobs.
+
+Kept out of init.sql because its kind and parameters are settings, and because an IVFFlat index
+must not be built before the table holds data: it learns its list centres from the rows present
+at build time, and one built on an empty table keeps useless centres forever.
+
+Builds run CONCURRENTLY under a temporary name and are swapped in, so searches and uploads go
+on while an index is (re)built.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.core.config import VectorIndexConfig
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "images_embedding_vector_idx"
+_BUILD_NAME = f"{INDEX_NAME}_build"
+# Below this, IVFFlat is not built (its centres would be learnt from too few rows) and searches
+# are exact, which at this size costs a few milliseconds.
+IVFFLAT_MIN_ROWS = 10_000
+_INDEX_LOCK_ID = 0x1A9E6
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    action: str  # "kept", "built", "dropped", "deferred" or "absent"
+    definition: str | None  # what the index is, e.g. "hnsw storage=vector m=16 ..."
+
+
+def indexed_expression(config: VectorIndexConfig) -> str:
+    """The expression searches order by; it must match the index's expression and opclass."""
+    if config.storage == "halfvec":
+        return f"(embedding_vector::halfvec({config.dimension}))"
+    return "embedding_vector"
+
+
+def query_expression(config: VectorIndexConfig) -> str:
+    if config.storage == "halfvec":
+        return f"CAST(:query_vector AS halfvec({config.dimension}))"
+    return ":query_vector"
+
+
+def search_settings(config: VectorIndexConfig) -> dict[str, str]:
+    """Per-connection settings for index scans (pgvector reads them when it loads)."""
+    return {
+        "hnsw.ef_search": str(config.hnsw_ef_search),
+        "ivfflat.probes": str(config.ivfflat_probes),
+        # pgvector >= 0.8: a scan goes on past deleted or filtered-out rows until it has LIMIT
+        # results. Older pgvector drops these unknown settings with a warning.
+        "hnsw.iterative_scan": "relaxed_order",
+        "ivfflat.iterative_scan": "relaxed_order",
+    }
+
+
+def _signature(config: VectorIndexConfig) -> str:
+    if config.kind == "hnsw":
+        return (
+            f"hnsw storage={config.storage} m={config.hnsw_m} "
+            f"ef_construction={config.hnsw_ef_construction}"
+        )
+    explicit = f" lists={config.ivfflat_lists}" if config.ivfflat_lists else ""
+    return f"ivfflat storage={config.storage}{explicit}"
+
+
+def default_lists(rows: int) -> int:
+    # pgvector's guidance: rows / 1000 up to a million rows, sqrt(rows) beyond.
+    return max(1, rows // 1000 if rows <= 1_000_000 else int(math.sqrt(rows)))
+
+
+async def _current_definition(connection: AsyncConnection) -> str | None:
+    definition = await connection.scalar(
+        text("SELECT obj_description(to_regclass(:name), 'pg_class')"), {"name": INDEX_NAME}
+    )
+    exists = await connection.scalar(
+        text("SELECT to_regclass(:name) IS NOT NULL"), {"name": INDEX_NAME}
+    )
+    return (definition or "unknown") if exists else None
+
+
+async def ensure_vector_index(
+    engine: AsyncEngine, config: VectorIndexConfig, *, rebuild: bool = False
+) -> IndexStatus:
+    """Make the vector index match `config`. `rebuild` rebuilds it even if it matches (for an
+    IVFFlat index whose collection has grown since it was built)."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as connection:
+        await connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _INDEX_LOCK_ID})
+        try:
+            return await _reconcile(connection, config, rebuild=rebuild)
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _INDEX_LOCK_ID})
+
+
+async def _reconcile(
+    connection: AsyncConnection, config: VectorIndexConfig, *, rebuild: bool
+) -> IndexStatus:
+    current = await _current_definition(connection)
+    if config.kind == "none":
+        if current is None:
+            return IndexStatus("absent", None)
+        await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
+        return IndexStatus("dropped", None)
+
+    wanted = _signature(config)
+    if current is not None and current.startswith(wanted) and not rebuild:
+        return IndexStatus("kept", current)
+
+    definition = wanted
+    options = f"m = {config.hnsw_m}, ef_construction = {config.hnsw_ef_construction}"
+    if config.kind == "ivfflat":
+        rows = await connection.scalar(text("SELECT count(*) FROM images")) or 0
+        if rows < IVFFLAT_MIN_ROWS:
+            if current is not None:
+                await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
+            logger.warning(
+                "IVFFlat index not built: %d rows (needs %d); searches are exact until "
+                "`python -m app reindex` runs on a larger collection",
+                rows,
+                IVFFLAT_MIN_ROWS,
+            )
+            return IndexStatus("deferred", None)
+        lists = config.ivfflat_lists or default_lists(rows)
+        options = f"lists = {lists}"
+        definition = f"ivfflat storage={config.storage} lists={lists}"
+
+    opclass = "halfvec_cosine_ops" if config.storage == "halfvec" else "vector_cosine_ops"
+    logger.info("building vector index: %s", definition)
+    await connection.execute(text(f"SET maintenance_work_mem = '{config.build_memory}'"))
+    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {_BUILD_NAME}"))
+    await connection.execute(
+        text(
+            f"CREATE INDEX CONCURRENTLY {_BUILD_NAME} ON images "
+            f"USING {config.kind} ({indexed_expression(config)} {opclass}) WITH ({options})"
+        )
+    )
+    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
+    await connection.execute(text(f"ALTER INDEX {_BUILD_NAME} RENAME TO {INDEX_NAME}"))
+    await connection.execute(text(f"COMMENT ON INDEX {INDEX_NAME} IS '{definition}'"))
+    return IndexStatus("built", definition)
+
+
+async def describe_vector_index(connection: AsyncConnection) -> str | None:
+    return await _current_definition(connection)

@@ -1,0 +1,152 @@
+"""The vector index follows VECTOR_INDEX and VECTOR_STORAGE, and searches use it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import URL, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings, VectorIndexConfig
+from app.core.database import apply_schema, create_engine, create_sessionmaker
+from app.core.vector_index import (
+    IVFFLAT_MIN_ROWS,
+    ensure_vector_index,
+    search_settings,
+)
+from app.services import vector_service
+from bench.corpus import clustered_vectors, copy_vectors
+from tests.conftest import DatabaseFactory, make_settings
+
+MODEL = "test"
+
+
+def config(tmp_path: Path, **overrides: object) -> VectorIndexConfig:
+    return make_settings(tmp_path, **overrides).vector_index
+
+
+async def fresh_engine(
+    create_database: DatabaseFactory, name: str, index: VectorIndexConfig
+) -> tuple[AsyncEngine, URL]:
+    url = await create_database(name)
+    engine = create_engine(url, server_settings=search_settings(index))
+    await apply_schema(engine, embedding_dimension=512)
+    return engine, url
+
+
+def dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def explain(
+    engine: AsyncEngine, index: VectorIndexConfig, vector: NDArray[np.float32]
+) -> str:
+    statement = text("EXPLAIN " + vector_service.nearest_images_sql(index).text).bindparams(
+        bindparam("query_vector", type_=Vector(512))
+    )
+    async with engine.connect() as connection:
+        # On a few thousand rows the planner may rightly prefer a sequential scan; this shows the
+        # statement is one the index can serve.
+        await connection.execute(text("SET enable_seqscan = off"))
+        plan = await connection.scalars(
+            statement,
+            {
+                "query_vector": vector,
+                "model": MODEL,
+                "candidates": 11,
+                "query_id": "00000000-0000-0000-0000-000000000000",
+                "max_distance": 0.5,
+                "limit": 10,
+            },
+        )
+        return "\n".join(plan)
+
+
+@pytest.mark.parametrize("storage", ["vector", "halfvec"])
+async def test_hnsw_index_is_built_and_used_by_the_search(
+    tmp_path: Path, create_database: DatabaseFactory, storage: str
+) -> None:
+    index = config(tmp_path, VECTOR_STORAGE=storage)
+    engine, url = await fresh_engine(create_database, f"index_hnsw_{storage}", index)
+    vectors = clustered_vectors(3000, clusters=50)
+    await copy_vectors(dsn(url), vectors, model=MODEL)
+
+    status = await ensure_vector_index(engine, index)
+    again = await ensure_vector_index(engine, index)
+    plan = await explain(engine, index, vectors[0])
+    await engine.dispose()
+
+    assert status.action == "built"
+    assert status.definition == f"hnsw storage={storage} m=16 ef_construction=64"
+    assert again.action == "kept"
+    assert "Index Scan using images_embedding_vector_idx" in plan
+
+
+async def test_ivfflat_waits_for_data_then_is_built_with_lists_from_the_row_count(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, VECTOR_INDEX="ivfflat")
+    engine, url = await fresh_engine(create_database, "index_ivfflat", index)
+
+    on_empty = await ensure_vector_index(engine, index)
+    await copy_vectors(dsn(url), clustered_vectors(IVFFLAT_MIN_ROWS, clusters=50), model=MODEL)
+    on_startup = await ensure_vector_index(engine, index)
+    rebuilt = await ensure_vector_index(engine, index, rebuild=True)
+    plan = await explain(engine, index, clustered_vectors(1, clusters=50)[0])
+    await engine.dispose()
+
+    assert on_empty.action == "deferred"  # never trained on an empty table
+    assert on_startup.action == "built"
+    assert on_startup.definition == f"ivfflat storage=vector lists={IVFFLAT_MIN_ROWS // 1000}"
+    assert rebuilt.action == "built"
+    assert "Index Scan using images_embedding_vector_idx" in plan
+
+
+async def test_switching_to_none_drops_the_index(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    hnsw = config(tmp_path)
+    engine, _ = await fresh_engine(create_database, "index_none", hnsw)
+    await ensure_vector_index(engine, hnsw)
+
+    dropped = await ensure_vector_index(engine, config(tmp_path, VECTOR_INDEX="none"))
+    async with engine.connect() as connection:
+        remaining = await connection.scalar(
+            text("SELECT to_regclass('images_embedding_vector_idx')")
+        )
+    await engine.dispose()
+
+    assert dropped.action == "dropped"
+    assert remaining is None
+
+
+@pytest.mark.parametrize(
+    ("index_kind", "storage"), [("hnsw", "vector"), ("hnsw", "halfvec"), ("none", "vector")]
+)
+async def test_search_returns_exactly_the_rows_of_an_exact_computation(
+    tmp_path: Path, create_database: DatabaseFactory, index_kind: str, storage: str
+) -> None:
+    index = config(tmp_path, VECTOR_INDEX=index_kind, VECTOR_STORAGE=storage)
+    engine, url = await fresh_engine(create_database, f"exact_{index_kind}_{storage}", index)
+    vectors = clustered_vectors(600, clusters=30, seed=3)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    await ensure_vector_index(engine, index)
+    scores = vectors @ vectors.T
+    sessionmaker = create_sessionmaker(engine)
+
+    for query in range(0, 600, 60):
+        for limit, threshold in ((10, -1.0), (5, 0.8), (100, 0.85), (3, 0.999)):
+            async with sessionmaker() as session:
+                matches = await vector_service.find_similar_images(
+                    session, ids[query], model=MODEL, limit=limit, threshold=threshold, index=index
+                )
+            others = [i for i in np.argsort(-scores[query]) if i != query]
+            expected = [ids[i] for i in others if scores[query, i] >= threshold - 1e-3][:limit]
+            assert [m.id for m in matches] == expected, (query, limit, threshold)
+    await engine.dispose()
+
+
+def test_default_index_is_hnsw() -> None:
+    assert Settings.model_fields["VECTOR_INDEX"].default == "hnsw"
