@@ -1,5 +1,6 @@
 """Application factory: lifespan, routers and the one mapping from errors to HTTP responses."""
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from app.api import info
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
-from app.core.database import create_sessionmaker, open_database
+from app.core.database import create_read_sessionmaker, create_sessionmaker, open_database
 from app.services.embeddings import Embedder, create_embedder
 from app.services.errors import (
     DatabaseUnavailable,
@@ -70,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with open_database(settings) as engine:
         await run_in_threadpool(app.state.image_store.prepare)
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.read_sessionmaker = create_read_sessionmaker(engine)
         async with app.state.sessionmaker() as session:
             stale = await count_stale_embeddings(session, model=embedder.name)
         if stale:
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database_mode = "external" if settings.external_database_url() else "embedded"
     app.state.image_store = ImageStore(settings.image_dir)
     app.state.embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+    app.state.image_workers = asyncio.Semaphore(settings.IMAGE_WORKERS)
 
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES

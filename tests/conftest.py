@@ -12,7 +12,7 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
-from app.core.database import apply_schema, create_engine, get_session
+from app.core.database import apply_schema, create_engine, get_read_session, get_session
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
 from app.core.vector_index import ensure_vector_index, search_settings
 from app.main import create_app
@@ -105,6 +105,7 @@ def build_app(settings: Settings, session: AsyncSession) -> FastAPI:
         yield session
 
     app.dependency_overrides[get_session] = override_session
+    app.dependency_overrides[get_read_session] = override_session
     app.state.image_store.prepare()
     return app
 

@@ -1,12 +1,11 @@
 """The vector index follows VECTOR_INDEX and VECTOR_STORAGE, and searches use it."""
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
-from pgvector.sqlalchemy import Vector
-from sqlalchemy import URL, bindparam, text
+from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings, VectorIndexConfig
@@ -40,28 +39,17 @@ def dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def explain(
-    engine: AsyncEngine, index: VectorIndexConfig, vector: NDArray[np.float32]
-) -> str:
-    statement = text("EXPLAIN " + vector_service.nearest_images_sql(index).text).bindparams(
-        bindparam("query_vector", type_=Vector(512))
-    )
+async def explain(engine: AsyncEngine, index: VectorIndexConfig, query_id: uuid.UUID) -> str:
     async with engine.connect() as connection:
         # On a few thousand rows the planner may rightly prefer a sequential scan; this shows the
         # statement is one the index can serve.
         await connection.execute(text("SET enable_seqscan = off"))
-        plan = await connection.scalars(
-            statement,
-            {
-                "query_vector": vector,
-                "model": MODEL,
-                "candidates": 11,
-                "query_id": "00000000-0000-0000-0000-000000000000",
-                "max_distance": 0.5,
-                "limit": 10,
-            },
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert raw is not None
+        plan = await raw.fetch(
+            "EXPLAIN " + vector_service.nearest_images_sql(index), query_id, MODEL, 11, 0.5, 10
         )
-        return "\n".join(plan)
+        return "\n".join(row[0] for row in plan)
 
 
 @pytest.mark.parametrize("storage", ["vector", "halfvec"])
@@ -70,12 +58,11 @@ async def test_hnsw_index_is_built_and_used_by_the_search(
 ) -> None:
     index = config(tmp_path, VECTOR_STORAGE=storage)
     engine, url = await fresh_engine(create_database, f"index_hnsw_{storage}", index)
-    vectors = clustered_vectors(3000, clusters=50)
-    await copy_vectors(dsn(url), vectors, model=MODEL)
+    ids = await copy_vectors(dsn(url), clustered_vectors(3000, clusters=50), model=MODEL)
 
     status = await ensure_vector_index(engine, index)
     again = await ensure_vector_index(engine, index)
-    plan = await explain(engine, index, vectors[0])
+    plan = await explain(engine, index, ids[0])
     await engine.dispose()
 
     assert status.action == "built"
@@ -91,10 +78,11 @@ async def test_ivfflat_waits_for_data_then_is_built_with_lists_from_the_row_coun
     engine, url = await fresh_engine(create_database, "index_ivfflat", index)
 
     on_empty = await ensure_vector_index(engine, index)
-    await copy_vectors(dsn(url), clustered_vectors(IVFFLAT_MIN_ROWS, clusters=50), model=MODEL)
+    vectors = clustered_vectors(IVFFLAT_MIN_ROWS, clusters=50)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
     on_startup = await ensure_vector_index(engine, index)
     rebuilt = await ensure_vector_index(engine, index, rebuild=True)
-    plan = await explain(engine, index, clustered_vectors(1, clusters=50)[0])
+    plan = await explain(engine, index, ids[0])
     await engine.dispose()
 
     assert on_empty.action == "deferred"  # never trained on an empty table

@@ -1,5 +1,6 @@
 """What the routers get injected, as `Annotated` aliases."""
 
+import asyncio
 import uuid
 from typing import Annotated
 
@@ -7,30 +8,39 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.database import get_session
+from app.core.database import get_read_session, get_session
 from app.services.embeddings import Embedder
 from app.services.storage import ImageStore
 
 
-def get_app_settings(request: Request) -> Settings:
+# `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread, which costs
+# more than the search itself.
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_image_store(request: Request) -> ImageStore:
+async def get_image_store(request: Request) -> ImageStore:
     store: ImageStore = request.app.state.image_store
     return store
 
 
-def get_embedder(request: Request) -> Embedder:
+async def get_embedder(request: Request) -> Embedder:
     embedder: Embedder = request.app.state.embedder
     return embedder
 
 
+async def get_image_workers(request: Request) -> asyncio.Semaphore:
+    workers: asyncio.Semaphore = request.app.state.image_workers
+    return workers
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+ImageWorkersDep = Annotated[asyncio.Semaphore, Depends(get_image_workers)]
 
 ImageId = Annotated[uuid.UUID, Path(description="The image's id (a UUID)")]
 Skip = Annotated[int, Query(ge=0, le=2_147_483_647, description="Items to skip")]

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     VECTOR_STORAGE: Literal["vector", "halfvec"] = "vector"
     HNSW_M: int = Field(default=16, ge=2, le=100)
     HNSW_EF_CONSTRUCTION: int = Field(default=64, ge=4, le=1000)
-    HNSW_EF_SEARCH: int = Field(default=40, ge=1, le=1000)
+    HNSW_EF_SEARCH: int = Field(default=100, ge=1, le=1000)
     IVFFLAT_LISTS: int | None = Field(default=None, ge=1, le=32768)
     IVFFLAT_PROBES: int = Field(default=20, ge=1, le=32768)
     INDEX_BUILD_MEMORY: str = Field(default="1GB", pattern=r"^\d+\s*(kB|MB|GB)$")

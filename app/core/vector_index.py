@@ -41,9 +41,10 @@ def indexed_expression(config: VectorIndexConfig) -> str:
 
 
 def query_expression(config: VectorIndexConfig) -> str:
+    """The query image's vector, from the search statement's `query` CTE."""
     if config.storage == "halfvec":
-        return f"CAST(:query_vector AS halfvec({config.dimension}))"
-    return ":query_vector"
+        return f"(SELECT embedding_vector::halfvec({config.dimension}) FROM query)"  # noqa: S608
+    return "(SELECT embedding_vector FROM query)"
 
 
 def search_settings(config: VectorIndexConfig) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Image records: ingest, read, list and delete. Owns the consistency between rows and files."""
 
+import asyncio
 import errno
 import logging
 import re
@@ -71,6 +72,7 @@ async def ingest_image(
     limits: UploadLimits,
     store: ImageStore,
     embedder: Embedder,
+    image_workers: asyncio.Semaphore,
 ) -> IngestResult:
     """Validate, embed and store an upload. Identical bytes already stored return that record.
 
@@ -83,13 +85,16 @@ async def ingest_image(
     if not data:
         raise EmptyFile()
     received_at = datetime.now(UTC)
-    analysed = await run_in_threadpool(
-        analyse_image,
-        data,
-        allowed_formats=limits.allowed_formats,
-        max_pixels=limits.max_pixels,
-        embedder=embedder,
-    )
+    # At most IMAGE_WORKERS decodes at once, so CPU work queues up instead of starving the
+    # event loop (and the searches it serves). No database connection is held meanwhile.
+    async with image_workers:
+        analysed = await run_in_threadpool(
+            analyse_image,
+            data,
+            allowed_formats=limits.allowed_formats,
+            max_pixels=limits.max_pixels,
+            embedder=embedder,
+        )
 
     await session.execute(select(_lock_key(analysed.content_hash)))
     existing = await session.scalar(

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.database import create_engine, create_sessionmaker, get_session
+from app.core.database import create_engine, create_sessionmaker, get_read_session, get_session
 from app.main import create_app
 from tests.conftest import make_settings
 
@@ -57,6 +57,7 @@ async def test_detailed_health_never_shows_secrets(tmp_path: Path, session: Asyn
         yield session
 
     app.dependency_overrides[get_session] = override_session
+    app.dependency_overrides[get_read_session] = override_session
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
         body = (await client.get("/api/v1/health/detailed")).text
 
@@ -79,6 +80,7 @@ async def database_down_client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
             yield session
 
     app.dependency_overrides[get_session] = dead_session
+    app.dependency_overrides[get_read_session] = dead_session
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
         yield client
     await engine.dispose()

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.api.deps import EmbedderDep, SessionDep
+from app.api.deps import EmbedderDep, ReadSessionDep
 from app.core.config import SERVICE_VERSION
 from app.schemas.health import (
     DatabaseHealth,
@@ -28,7 +28,7 @@ router = APIRouter()
     responses={503: {"model": HealthStatus, "description": "The database is unavailable"}},
 )
 @router.get("", response_model=HealthStatus, include_in_schema=False)
-async def health(session: SessionDep, response: Response) -> HealthStatus:
+async def health(session: ReadSessionDep, response: Response) -> HealthStatus:
     database_ok = await ping_database(session)
     if not database_ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -47,7 +47,7 @@ async def health(session: SessionDep, response: Response) -> HealthStatus:
     responses={503: {"model": DetailedHealth, "description": "The database is unavailable"}},
 )
 async def detailed_health(
-    request: Request, session: SessionDep, embedder: EmbedderDep, response: Response
+    request: Request, session: ReadSessionDep, embedder: EmbedderDep, response: Response
 ) -> DetailedHealth:
     database = await inspect_database(session)
     if not database.available:
@@ -83,7 +83,7 @@ async def detailed_health(
     summary="Readiness probe: 200 when the database answers, else 503",
     responses={503: {"model": ReadinessStatus, "description": "Not ready"}},
 )
-async def readiness(session: SessionDep, response: Response) -> ReadinessStatus:
+async def readiness(session: ReadSessionDep, response: Response) -> ReadinessStatus:
     if await ping_database(session):
         return ReadinessStatus(status="ready", database="ok")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -9,7 +9,9 @@ from app.api.deps import (
     EmbedderDep,
     ImageId,
     ImageStoreDep,
+    ImageWorkersDep,
     PageLimit,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     SimilarLimit,
@@ -46,6 +48,7 @@ async def upload_image(
     settings: SettingsDep,
     store: ImageStoreDep,
     embedder: EmbedderDep,
+    image_workers: ImageWorkersDep,
 ) -> ImageUploadResponse:
     # The request body is already capped by the app's body limit; read one byte past the file
     # limit so the service can tell "exactly at the limit" from "over it".
@@ -61,6 +64,7 @@ async def upload_image(
         ),
         store=store,
         embedder=embedder,
+        image_workers=image_workers,
     )
     if not result.created:
         response.status_code = status.HTTP_200_OK
@@ -80,7 +84,7 @@ async def upload_image(
     summary="List images, newest first",
     responses=error_responses(422, 503),
 )
-async def list_images(session: SessionDep, skip: Skip = 0, limit: PageLimit = 20) -> ImageList:
+async def list_images(session: ReadSessionDep, skip: Skip = 0, limit: PageLimit = 20) -> ImageList:
     items, total = await images.list_images(session, skip=skip, limit=limit)
     return ImageList(
         items=[ImageRead.model_validate(item) for item in items],
@@ -96,7 +100,7 @@ async def list_images(session: SessionDep, skip: Skip = 0, limit: PageLimit = 20
     summary="Get an image's metadata",
     responses=error_responses(404, 422, 503),
 )
-async def get_image(image_id: ImageId, session: SessionDep) -> ImageRead:
+async def get_image(image_id: ImageId, session: ReadSessionDep) -> ImageRead:
     return ImageRead.model_validate(await images.get_image(session, image_id))
 
 
@@ -108,7 +112,7 @@ async def get_image(image_id: ImageId, session: SessionDep) -> ImageRead:
 )
 async def find_similar_images(
     image_id: ImageId,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     embedder: EmbedderDep,
     limit: SimilarLimit = None,

@@ -1,0 +1,156 @@
+"""Similar-image search at scale: recall, latency of the raw SQL and of HTTP, index build.
+
+Loads N clustered vectors with COPY, builds the configured index, then
+- recall@10 of held-out query vectors against exact (numpy) search;
+- p50/p95/p99 latency of the service's own search statement run through asyncpg, and of
+  GET /similar on the app running in its own process (a minimal keep-alive HTTP client), at
+  concurrency 1 and 8, for the same stored query images;
+- the cost of a search that nothing passes (threshold above every neighbour) against a normal one.
+
+    .venv/bin/python -m bench.search --rows 100000
+    VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
+
+Index settings come from the environment, as for the service (VECTOR_INDEX, HNSW_EF_SEARCH, ...).
+Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL.
+"""
+
+import argparse
+import asyncio
+import os
+import time
+
+import asyncpg
+import numpy as np
+from pgvector.asyncpg import register_vector
+
+from app.core.config import Settings
+from app.core.database import apply_schema, create_engine
+from app.core.vector_index import (
+    INDEX_NAME,
+    ensure_vector_index,
+    indexed_expression,
+    search_settings,
+)
+from app.services.vector_service import nearest_images_sql
+from bench.corpus import clustered_vectors, copy_vectors
+from bench.harness import (
+    KeepAliveClient,
+    fresh_database,
+    latencies,
+    libpq_dsn,
+    percentile,
+    postgres_server,
+    running_app,
+    summary,
+)
+
+MODEL = "perceptual"  # the service's default model, so /similar compares these rows
+QUERIES = 200
+
+
+async def run(rows: int) -> None:
+    settings = Settings()
+    index = settings.vector_index
+    with postgres_server() as server_dsn:
+        url = await fresh_database(server_dsn, "image_bench_search")
+        dsn = libpq_dsn(url)
+        engine = create_engine(url, server_settings=search_settings(index))
+        await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+
+        clusters = max(100, rows // 100)
+        vectors = clustered_vectors(rows + QUERIES, clusters=clusters, seed=1)
+        stored, held_out = vectors[:rows], vectors[rows:]
+        started = time.perf_counter()
+        ids = await copy_vectors(dsn, stored, model=MODEL)
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        status = await ensure_vector_index(engine, index)
+        build_s = time.perf_counter() - started
+        await engine.dispose()
+
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=8,
+            max_size=8,
+            init=register_vector,
+            server_settings=search_settings(index),
+        )
+        assert pool is not None
+        index_mb = (
+            await pool.fetchval("SELECT pg_relation_size(to_regclass($1))", INDEX_NAME) or 0
+        ) / 2**20
+        table_mb = await pool.fetchval("SELECT pg_total_relation_size('images')") / 2**20
+        search = nearest_images_sql(index)
+
+        # Recall@10 of held-out vectors against exact search, through the same index expression.
+        cast = "halfvec" if index.storage == "halfvec" else "vector"
+        nearest = (
+            f"SELECT id FROM images ORDER BY {indexed_expression(index)} <=> "  # noqa: S608
+            f"CAST($1 AS vector)::{cast}({index.dimension}) LIMIT 10"
+        )
+        found = 0
+        for query in held_out:
+            result = await pool.fetch(nearest, query)
+            exact = np.argsort(-(stored @ query))[:10]
+            found += len({row["id"] for row in result} & {ids[i] for i in exact})
+        recall = found / (10 * len(held_out))
+
+        rng = np.random.default_rng(2)
+        query_ids = [ids[i] for i in rng.choice(rows, size=QUERIES, replace=False)]
+
+        async def sql_call(number: int, threshold: float = -1.0) -> object:
+            return await pool.fetch(
+                search, query_ids[number % QUERIES], MODEL, 11, 1 - threshold, 10
+            )
+
+        async def sql_call_nothing_passes(number: int) -> object:
+            return await sql_call(number, threshold=0.999)
+
+        report: dict[str, list[float]] = {}
+        for concurrency in (1, 8):
+            await latencies(sql_call, QUERIES, concurrency)  # warm the caches
+            report[f"sql c={concurrency}"] = await latencies(sql_call, 1000, concurrency)
+        report["sql nothing passes c=1"] = await latencies(sql_call_nothing_passes, 1000, 1)
+
+        environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+        async with running_app(environment) as base_url, KeepAliveClient(base_url, 8) as client:
+
+            async def http_call(number: int) -> object:
+                path = f"/api/v1/images/{query_ids[number % QUERIES]}/similar?limit=10&threshold=-1"
+                status, body = await client.request("GET", path)
+                assert status == 200, body
+                return body
+
+            for concurrency in (1, 8):
+                await latencies(http_call, QUERIES, concurrency)
+                report[f"http c={concurrency}"] = await latencies(http_call, 1000, concurrency)
+        await pool.close()
+
+    print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
+    print(f"index: {status.definition} built in {build_s:.1f}s")
+    print(f"index size {index_mb:.0f} MB, table {table_mb:.0f} MB")
+    print(f"recall@10 over {QUERIES} held-out queries: {recall:.3f}")
+    for name, values in report.items():
+        print(f"{name:<24} {summary(values)}")
+    sql_p50 = percentile(report["sql c=1"], 0.5)
+    http_p50 = percentile(report["http c=1"], 0.5)
+    nothing_ratio = percentile(report["sql nothing passes c=1"], 0.5) / sql_p50
+    print(f"nothing-passes / normal search (p50): {nothing_ratio:.2f}")
+    print(
+        f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
+        f"p50_sql_ms={sql_p50:.2f} p50_http_ms={http_p50:.2f} "
+        f"http_over_sql={http_p50 / sql_p50:.2f} "
+        f"p99_http_ms={percentile(report['http c=1'], 0.99):.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    arguments = parser.parse_args()
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    asyncio.run(run(arguments.rows))
+
+
+if __name__ == "__main__":
+    main()

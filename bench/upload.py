@@ -1,0 +1,160 @@
+"""Upload throughput over HTTP against the same image work done in-process, and how responsive
+the service stays meanwhile.
+
+For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
+- HTTP: POST /api/v1/images/upload to the app running in its own process (every upload a
+  distinct file, so each one is decoded, embedded, written, fsynced and inserted);
+- in-process: the same validate + decode + embed work (`analyse_image`) on as many threads;
+- the p99 latency of GET /api/v1/health/live, polled while the HTTP uploads run.
+
+    .venv/bin/python -m bench.upload
+"""
+
+import asyncio
+import io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from app.core.config import Settings
+from app.services.embeddings import create_embedder
+from app.services.image_processing import analyse_image
+from bench.harness import (
+    KeepAliveClient,
+    fresh_database,
+    latencies,
+    percentile,
+    postgres_server,
+    running_app,
+)
+
+SIZES = {"1MP": (1155, 866), "12MP": (4000, 3000)}
+UPLOADS = {"1MP": 48, "12MP": 16}
+CONCURRENCY = (1, 4, 8)
+BOUNDARY = "benchboundary"
+
+
+def photo_jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(height // 32, width // 32, 3), dtype=np.uint8)
+    picture = Image.fromarray(noise).resize((width, height)).filter(ImageFilter.GaussianBlur(4))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def variant(jpeg: bytes, number: int) -> bytes:
+    """The same picture with a numbered JPEG comment: other bytes, the same decoding work."""
+    comment = f"bench upload {number}".encode()
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def multipart(data: bytes, filename: str) -> bytes:
+    head = (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
+    settings = Settings()
+    embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+    files = [variant(jpeg, offset + n) for n in range(count)]
+
+    def work(data: bytes) -> object:
+        return analyse_image(
+            data,
+            allowed_formats=settings.allowed_formats,
+            max_pixels=settings.MAX_IMAGE_PIXELS,
+            embedder=embedder,
+        )
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, files[:threads]))  # warm-up
+        started = time.perf_counter()
+        list(pool.map(work, files))
+        return count / (time.perf_counter() - started)
+
+
+async def http_rate(
+    client: KeepAliveClient, bodies: list[bytes], concurrency: int
+) -> tuple[float, float]:
+    """Uploads per second, and the p99 of /health/live polled meanwhile (ms)."""
+    probe_times: list[float] = []
+    done = asyncio.Event()
+
+    async def upload(number: int) -> object:
+        status, body = await client.request(
+            "POST",
+            "/api/v1/images/upload",
+            bodies[number],
+            f"multipart/form-data; boundary={BOUNDARY}",
+        )
+        assert status == 201, body
+        return body
+
+    async def probe() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            status, _ = await client.request("GET", "/api/v1/health/live")
+            assert status == 200
+            probe_times.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.01)
+
+    prober = asyncio.create_task(probe())
+    started = time.perf_counter()
+    await latencies(upload, len(bodies), concurrency)
+    rate = len(bodies) / (time.perf_counter() - started)
+    done.set()
+    await prober
+    return rate, percentile(probe_times, 0.99)
+
+
+async def run() -> None:
+    counter = 0
+    rows = []
+    with postgres_server() as server_dsn:
+        url = await fresh_database(server_dsn, "image_bench_upload")
+        environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+        async with running_app(environment) as base_url, KeepAliveClient(base_url, 9) as client:
+            for size, (width, height) in SIZES.items():
+                jpeg = photo_jpeg(width, height)
+                for concurrency in CONCURRENCY:
+                    count = UPLOADS[size]
+                    bodies = [
+                        multipart(variant(jpeg, counter + n), f"{size}-{counter + n}.jpg")
+                        for n in range(count)
+                    ]
+                    counter += count
+                    rate, live_p99 = await http_rate(client, bodies, concurrency)
+                    local = await asyncio.to_thread(
+                        in_process_rate, jpeg, count, concurrency, 10**6 + counter
+                    )
+                    rows.append((size, concurrency, rate, local, live_p99))
+                    print(
+                        f"{size:>5} c={concurrency}: http {rate:6.1f}/s  in-process "
+                        f"{local:6.1f}/s  ratio {rate / local:.2f}  live p99 {live_p99:.1f} ms",
+                        flush=True,
+                    )
+    size, concurrency, rate, local, live_p99 = next(
+        row for row in rows if row[0] == "1MP" and row[1] == 8
+    )
+    print(
+        f"upload: size={size} concurrency={concurrency} http_per_s={rate:.1f} "
+        f"inprocess_per_s={local:.1f} ratio={rate / local:.2f} live_p99_ms={live_p99:.1f}"
+    )
+
+
+def main() -> None:
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
