@@ -9,9 +9,10 @@ import time
 import uvicorn
 
 from app.core.config import get_settings
-from app.core.database import create_sessionmaker, open_database
-from app.core.vector_index import IndexStatus, ensure_vector_index
+from app.core.database import create_sessionmaker, open_database, prepare_vector_index
+from app.core.vector_index import IndexStatus
 from app.services.cnn_embedder import CnnUnavailable, check_available
+from app.services.consistency import DEFAULT_MIN_AGE_SECONDS, StorageReport, check_storage
 from app.services.embeddings import create_embedder
 from app.services.reembed import ReembedProgress, reembed_images
 from app.services.storage import ImageStore
@@ -96,8 +97,8 @@ def reindex(arguments: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     async def run() -> IndexStatus:
-        async with open_database(settings) as engine:
-            return await ensure_vector_index(engine, settings.vector_index, rebuild=True)
+        async with open_database(settings, prepare_index=False) as engine:
+            return await prepare_vector_index(engine.url, settings, rebuild=True)
 
     started = time.monotonic()
     status = asyncio.run(run())
@@ -105,6 +106,39 @@ def reindex(arguments: argparse.Namespace) -> None:
         f"reindex: {status.action} {status.definition or ''} in {time.monotonic() - started:.1f}s",
         file=sys.stderr,
     )
+
+
+def check(arguments: argparse.Namespace) -> None:
+    settings = get_settings()
+    logging.basicConfig(level=logging.WARNING)
+
+    async def run() -> StorageReport:
+        async with (
+            open_database(settings, prepare_index=False) as engine,
+            create_sessionmaker(engine)() as session,
+        ):
+            return await check_storage(
+                session,
+                store=ImageStore(settings.image_dir),
+                repair=arguments.repair,
+                min_age_seconds=arguments.min_age,
+            )
+
+    report = asyncio.run(run())
+    for name in report.staging_leftovers:
+        print(f"staging leftover: {name}")
+    for path in report.orphan_files:
+        print(f"file without a row: {path}")
+    for image_id in report.missing_files:
+        print(f"row without a file: {image_id}")
+    verb = "removed" if arguments.repair else "would remove (use --repair)"
+    print(
+        f"check: {len(report.staging_leftovers)} staging leftovers, {len(report.orphan_files)} "
+        f"files without rows ({verb}), {len(report.missing_files)} rows without files"
+        + (f"; {report.removed} files removed" if arguments.repair else "")
+    )
+    if report.missing_files or (not arguments.repair and not report.clean):
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     reembed_parser.add_argument("--batch-size", type=int, default=100, help="rows per commit")
     reembed_parser.set_defaults(handler=reembed)
+    check_parser = commands.add_parser(
+        "check", help="compare stored files with rows; --repair removes files without rows"
+    )
+    check_parser.add_argument("--repair", action="store_true", help="remove orphan files")
+    check_parser.add_argument(
+        "--min-age",
+        type=float,
+        default=DEFAULT_MIN_AGE_SECONDS,
+        help="leave files younger than this many seconds (uploads in flight)",
+    )
+    check_parser.set_defaults(handler=check)
     commands.add_parser(
         "reindex",
         help="rebuild the vector index per VECTOR_INDEX (IVFFlat: after the collection has grown)",

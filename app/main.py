@@ -20,6 +20,7 @@ from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import create_read_sessionmaker, create_sessionmaker, open_database
+from app.services.consistency import check_storage
 from app.services.embeddings import Embedder, create_embedder
 from app.services.errors import (
     DatabaseUnavailable,
@@ -74,6 +75,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.read_sessionmaker = create_read_sessionmaker(engine)
         async with app.state.sessionmaker() as session:
             stale = await count_stale_embeddings(session, model=embedder.name)
+            storage = await check_storage(session, store=app.state.image_store, repair=True)
+        if not storage.clean:
+            logger.warning(
+                "storage sweep: removed %d staging leftovers and files without rows; "
+                "%d images have no file (see `python -m app check`)",
+                storage.removed,
+                len(storage.missing_files),
+            )
         if stale:
             logger.warning(
                 "%d stored images were embedded with another model than EMBEDDING_MODEL=%s; "

@@ -23,6 +23,7 @@ async def service_info(settings: SettingsDep, embedder: EmbedderDep) -> ServiceI
         upload=UploadLimitsInfo(
             max_file_size=settings.MAX_FILE_SIZE,
             max_image_pixels=settings.MAX_IMAGE_PIXELS,
+            max_frames=settings.MAX_FRAMES,
             accepted_formats=formats,
             accepted_content_types=[FORMAT_CONTENT_TYPES[name] for name in formats],
             allowed_extensions=settings.ALLOWED_EXTENSIONS,

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     DATA_DIR: Path = Path("data")
+    STORAGE_DIR: Path | None = None
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = "INFO"
     CORS_ORIGINS: Annotated[list[str], NoDecode] = [
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     # Uploads
     MAX_FILE_SIZE: int = Field(default=10 * 1024 * 1024, gt=0)
     MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0)
+    MAX_FRAMES: int = Field(default=100, ge=1, le=100_000)
     ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
 
     # Embeddings and search
@@ -136,6 +138,8 @@ class Settings(BaseSettings):
 
     @property
     def image_dir(self) -> Path:
+        if self.STORAGE_DIR is not None:
+            return self.STORAGE_DIR.expanduser().resolve()
         return self.data_dir / "images"
 
     @property

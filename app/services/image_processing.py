@@ -69,7 +69,12 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def analyse_image(
-    data: bytes, *, allowed_formats: frozenset[str], max_pixels: int, embedder: Embedder
+    data: bytes,
+    *,
+    allowed_formats: frozenset[str],
+    max_pixels: int,
+    embedder: Embedder,
+    max_frames: int = 1000,
 ) -> AnalysedImage:
     """Validate `data` as an accepted image and derive its metadata and embedding.
 
@@ -88,6 +93,10 @@ def analyse_image(
             if width * height > max_pixels:
                 raise ImageTooLarge(f"Image has {width * height} pixels; the limit is {max_pixels}")
             metadata = _describe(image)
+            if metadata["frames"] > max_frames:
+                raise ImageTooLarge(
+                    f"Image has {metadata['frames']} frames; the limit is {max_frames}"
+                )
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
             # decoded at a reduced scale, which is much faster and still reads every byte.
             image.draft("RGB", (embedder.decode_side, embedder.decode_side))

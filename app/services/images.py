@@ -37,6 +37,7 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 class UploadLimits:
     max_file_size: int
     max_pixels: int
+    max_frames: int
     allowed_formats: frozenset[str]
 
 
@@ -93,6 +94,7 @@ async def ingest_image(
             data,
             allowed_formats=limits.allowed_formats,
             max_pixels=limits.max_pixels,
+            max_frames=limits.max_frames,
             embedder=embedder,
         )
 

@@ -46,6 +46,21 @@ class ImageStore:
     def exists(self, relative_path: str) -> bool:
         return self.absolute_path(relative_path).is_file()
 
+    def stored_files(self) -> dict[str, float]:
+        """Every stored file (relative path -> modification time), staging area excluded."""
+        files: dict[str, float] = {}
+        if not self.root.is_dir():
+            return files
+        for path in self.root.rglob("*"):
+            if path.is_file() and self.staging_dir not in path.parents:
+                files[path.relative_to(self.root).as_posix()] = path.stat().st_mtime
+        return files
+
+    def staging_files(self) -> dict[Path, float]:
+        if not self.staging_dir.is_dir():
+            return {}
+        return {path: path.stat().st_mtime for path in self.staging_dir.iterdir() if path.is_file()}
+
 
 def _fsync_directory(directory: Path) -> None:
     # Makes the rename itself durable: without it a crash can forget a file already acknowledged.

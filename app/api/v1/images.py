@@ -60,6 +60,7 @@ async def upload_image(
         limits=images.UploadLimits(
             max_file_size=settings.MAX_FILE_SIZE,
             max_pixels=settings.MAX_IMAGE_PIXELS,
+            max_frames=settings.MAX_FRAMES,
             allowed_formats=settings.allowed_formats,
         ),
         store=store,

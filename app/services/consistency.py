@@ -1,0 +1,72 @@
+"""Rows and files kept in step: the start-up sweep and `python -m app check [--repair]`.
+
+Files younger than `min_age_seconds` are left alone: they may belong to an upload in flight
+(its file is in place a few milliseconds before its row is committed).
+"""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.concurrency import run_in_threadpool
+
+from app.models.image import Image
+from app.services.storage import ImageStore
+
+DEFAULT_MIN_AGE_SECONDS = 60.0
+
+
+@dataclass
+class StorageReport:
+    staging_leftovers: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)
+    missing_files: list[uuid.UUID] = field(default_factory=list)
+    removed: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.staging_leftovers or self.orphan_files or self.missing_files)
+
+
+async def check_storage(
+    session: AsyncSession,
+    *,
+    store: ImageStore,
+    repair: bool,
+    min_age_seconds: float = DEFAULT_MIN_AGE_SECONDS,
+) -> StorageReport:
+    rows = (await session.execute(select(Image.id, Image.file_path))).tuples().all()
+    files = await run_in_threadpool(store.stored_files)
+    staging = await run_in_threadpool(store.staging_files)
+    cutoff = time.time() - min_age_seconds
+    known = {path for _, path in rows if path is not None}
+
+    report = StorageReport(
+        staging_leftovers=sorted(
+            str(path.name) for path, mtime in staging.items() if mtime < cutoff
+        ),
+        orphan_files=sorted(
+            path for path, mtime in files.items() if path not in known and mtime < cutoff
+        ),
+        missing_files=[image_id for image_id, path in rows if path is None or path not in files],
+    )
+    if repair:
+        doomed = [store.staging_dir / name for name in report.staging_leftovers] + [
+            store.absolute_path(path) for path in report.orphan_files
+        ]
+        report.removed = await run_in_threadpool(_remove_all, doomed)
+    return report
+
+
+def _remove_all(paths: list[Path]) -> int:
+    removed = 0
+    for path in paths:
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
