@@ -24,10 +24,9 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from app.core.config import Settings
-from app.core.database import apply_schema, create_engine
+from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import (
     INDEX_NAME,
-    ensure_vector_index,
     indexed_expression,
     search_settings,
 )
@@ -64,7 +63,7 @@ async def run(rows: int) -> None:
         ids = await copy_vectors(dsn, stored, model=MODEL)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
-        status = await ensure_vector_index(engine, index)
+        status = await prepare_vector_index(url, settings)
         build_s = time.perf_counter() - started
         await engine.dispose()
 
