@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.sql.functions import Function
@@ -130,9 +131,15 @@ async def ingest_image(
             processing_status="completed",
         )
         session.add(image)
-        await session.commit()
+        await session.flush()
     except BaseException:
         _discard_file(store, relative_path)
+        raise
+    try:
+        await session.commit()
+    except BaseException as exc:
+        if not _commit_outcome_unknown(exc):
+            _discard_file(store, relative_path)
         raise
     return IngestResult(image=image, created=True)
 
@@ -142,6 +149,15 @@ async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> Non
         await run_in_threadpool(store.write, data, relative_path)
     except OSError as exc:
         raise (StorageFull() if exc.errno == errno.ENOSPC else StorageUnavailable()) from exc
+
+
+def _commit_outcome_unknown(exc: BaseException) -> bool:
+    """Whether a COMMIT that raised `exc` may have been applied anyway (the connection died, or
+    the wait for the answer was cut short). Its file is then kept: if the row does not exist,
+    the storage sweep removes the file later."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return isinstance(exc, (OSError, TimeoutError, asyncio.CancelledError))
 
 
 def _discard_file(store: ImageStore, relative_path: str) -> None:

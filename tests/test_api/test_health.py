@@ -150,3 +150,18 @@ async def test_unknown_routes_and_methods_get_the_json_error_shape(client: Async
 
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+
+
+async def test_upload_with_the_database_down_is_a_503_and_leaves_no_file(
+    database_down_client: AsyncClient, tmp_path: Path
+) -> None:
+    from tests.images import jpeg_bytes
+
+    response = await database_down_client.post(
+        "/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}
+    )
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["retry-after"].isdigit()
+    assert [path for path in (tmp_path / "data").rglob("*") if path.is_file()] == []

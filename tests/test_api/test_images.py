@@ -159,8 +159,12 @@ async def test_upload_accepts_gif_by_default(client: AsyncClient) -> None:
         (encode(photo(), "TIFF"), "scan.png"),
         (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "doc.jpg"),
         (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "vector.png"),
+        (encode(photo(), "ICO"), "favicon.png"),
+        (encode(photo(), "WEBP"), "photo.jpg"),
+        (b"8BPS\x00\x01" + b"\x00" * 64, "layers.png"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", "drawing.jpg"),
     ],
-    ids=["text", "tiff", "pdf", "svg"],
+    ids=["text", "tiff", "pdf", "svg", "ico", "webp", "psd", "eps"],
 )
 async def test_upload_rejects_non_images_with_415_and_stores_nothing(
     client: AsyncClient, session: AsyncSession, settings: Settings, data: bytes, filename: str
@@ -251,6 +255,34 @@ async def test_upload_over_max_file_size_without_content_length_is_a_413(
 async def test_upload_of_too_many_pixels_is_a_422(small_limit_client: AsyncClient) -> None:
     response = await upload(small_limit_client, png_bytes(200, 200))
     assert_error(response, 422, "image_too_large")
+
+
+async def test_upload_of_a_20000_by_20000_png_is_refused_before_decoding(
+    client: AsyncClient, session: AsyncSession
+) -> None:
+    # A few hundred KB on the wire, 1.2 GB once decoded: refused from its header.
+    bomb = encode(PILImage.new("1", (20000, 20000)), "PNG")
+    assert len(bomb) < 1_000_000
+    assert_error(await upload(client, bomb, "bomb.png", "image/png"), 422, "image_too_large")
+    assert await row_count(session) == 0
+
+
+async def test_upload_with_more_frames_than_max_frames_is_a_422(
+    tmp_path: Path, session: AsyncSession
+) -> None:
+    app = build_app(make_settings(tmp_path, MAX_FRAMES=2), session)
+    frames = [photo(seed=seed) for seed in range(3)]
+    animation = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        response = await upload(client, animation, "anim.gif", "image/gif")
+    assert_error(response, 422, "image_too_large")
+    assert "frames" in response.json()["detail"]
+
+
+async def test_a_broken_icc_profile_does_not_cost_the_upload(client: AsyncClient) -> None:
+    data = encode(photo(), "JPEG", icc_profile=b"definitely not an ICC profile")
+    response = await upload(client, data)
+    assert response.status_code == 201
 
 
 async def test_failed_insert_leaves_no_file_behind(
