@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -141,22 +142,31 @@ def _error(status: int, detail: str, code: str, **extra: object) -> JSONResponse
     )
 
 
+# Lost or refused connections, a server shutting down or starting up, statements cut short.
+_UNAVAILABLE_ERRORS = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "TooManyConnectionsError",
+        "QueryCanceledError",
+        "InterfaceError",
+    }
+)
+
+
 def _is_database_unavailable(exc: Exception) -> bool:
     if isinstance(exc, (PoolTimeoutError, DisconnectionError, OSError, TimeoutError)):
         return True
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return type(exc).__name__ in _UNAVAILABLE_ERRORS
     if isinstance(exc, DBAPIError):
-        # Lost connections, refused connections, server shutting down or starting, timeouts.
         return (
             exc.connection_invalidated
-            or type(exc.orig).__name__
-            in {
-                "ConnectionDoesNotExistError",
-                "CannotConnectNowError",
-                "AdminShutdownError",
-                "TooManyConnectionsError",
-                "QueryCanceledError",
-                "InterfaceError",
-            }
+            or type(exc.orig).__name__ in _UNAVAILABLE_ERRORS
             or isinstance(exc.orig, (OSError, TimeoutError))
         )
     return False
@@ -204,5 +214,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         return await unexpected_error(request, exc)
 
     # Registered per class so that an unreachable database is an ordinary 503, not a crash.
-    for error_class in (DBAPIError, PoolTimeoutError, DisconnectionError, OSError, TimeoutError):
+    for error_class in (
+        DBAPIError,
+        PoolTimeoutError,
+        DisconnectionError,
+        OSError,
+        TimeoutError,
+        # Raised by asyncpg itself while connecting (e.g. "the database system is starting up").
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ):
         app.add_exception_handler(error_class, database_error)

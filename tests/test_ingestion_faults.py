@@ -1,0 +1,207 @@
+"""Ingestion under stress, over real HTTP: concurrent duplicates, disconnects, a database that
+dies or stalls, orphans, and shutdown while uploads are in flight."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+from sqlalchemy import URL, func, make_url, select
+
+from app.core.config import Settings
+from app.core.database import create_engine, create_sessionmaker
+from app.core.embedded_postgres import EmbeddedPostgres
+from app.models.image import Image
+from app.services.consistency import check_storage
+from app.services.storage import ImageStore
+from tests.conftest import DatabaseFactory, make_settings
+from tests.images import encode, jpeg_bytes, scene
+from tests.live_server import free_port, live_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], list[uuid.UUID]]:
+    """(rows, files without rows, rows without files)."""
+    engine = create_engine(url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = await session.scalar(select(func.count()).select_from(Image)) or 0
+            report = await check_storage(
+                session, store=ImageStore(settings.image_dir), repair=False, min_age_seconds=-1
+            )
+    finally:
+        await engine.dispose()
+    return rows, report.orphan_files, report.missing_files
+
+
+async def test_concurrent_identical_uploads_store_one_row_and_one_file(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("faults_duplicates")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    data = jpeg_bytes(300, 200)
+    with live_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post("/api/v1/images/upload", files={"file": (f"{n}.jpg", data)})
+                    for n in range(8)
+                )
+            )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] * 7 + [201]
+    assert len({response.json()["id"] for response in responses}) == 1
+    rows, orphans, missing = await stored_state(settings, url)
+    assert (rows, orphans, missing) == (1, [], [])
+    assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == 1
+
+
+async def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("faults_disconnect")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        + jpeg_bytes(800, 600)
+    )
+    with live_server(settings) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/images/upload HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {len(body) + 1000}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            assert (await client.get("/api/v1/health/live")).status_code == 200
+    rows, orphans, missing = await stored_state(settings, url)
+    assert (rows, orphans, missing) == (0, [], [])
+    assert [p for p in settings.image_dir.rglob("*") if p.is_file()] == []
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    postmasters = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "postgres"
+        and str(pgdata) in " ".join(process.info["cmdline"] or [])
+    ]
+    return postmasters + [child for p in postmasters for child in p.children(recursive=True)]
+
+
+async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)  # embedded PostgreSQL under tmp_path, watched
+    pictures = [encode(scene(160, 120, seed=seed), "JPEG", quality=85) for seed in range(90)]
+    accepted: list[str] = []
+    statuses: list[int] = []
+    refused: list[int] = []
+
+    with live_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+
+            async def uploader(worker: int) -> None:
+                for number in range(worker, len(pictures), 3):
+                    response = await client.post(
+                        "/api/v1/images/upload", files={"file": (f"{number}.jpg", pictures[number])}
+                    )
+                    statuses.append(response.status_code)
+                    if response.status_code == 201:
+                        accepted.append(response.json()["id"])
+                    else:
+                        refused.append(number)
+                    await asyncio.sleep(0.05)
+
+            async def faults() -> None:
+                await asyncio.sleep(0.8)
+                for process in postgres_processes(settings.embedded_pgdata_dir)[:1]:
+                    process.kill()  # the postmaster dies; the watchdog starts a new one
+                await asyncio.sleep(4)
+                stalled = postgres_processes(settings.embedded_pgdata_dir)
+                for process in stalled:
+                    process.suspend()
+                await asyncio.sleep(2)
+                for process in stalled:
+                    process.resume()
+
+            await asyncio.gather(uploader(0), uploader(1), uploader(2), faults())
+            ready = await client.get("/api/v1/health/ready")
+            # Whatever was refused during the faults can simply be sent again.
+            retried = [
+                await client.post("/api/v1/images/upload", files={"file": ("r.jpg", pictures[n])})
+                for n in refused
+            ]
+            accepted += [r.json()["id"] for r in retried if r.status_code == 201]
+            found = [await client.get(f"/api/v1/images/{image_id}") for image_id in accepted]
+
+        dsn = EmbeddedPostgres(settings.embedded_pgdata_dir).start()  # the one running
+        url = make_url(dsn).set(drivername="postgresql+asyncpg", database=settings.POSTGRES_DB)
+        rows, orphans, missing = await stored_state(settings, url)
+
+    assert set(statuses) <= {201, 503}, statuses
+    assert ready.status_code == 200
+    assert all(r.status_code in {200, 201} for r in retried)  # 200: it had been stored after all
+    assert all(response.status_code == 200 for response in found)
+    assert len(set(accepted)) == len(accepted)
+    assert rows == len(pictures)  # each picture stored exactly once
+    assert (orphans, missing) == ([], [])  # every row has its file, every file its row
+
+
+def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_LEVEL": "WARNING",
+    }
+    environment.pop("DATABASE_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=environment)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+            + jpeg_bytes(400, 300)
+            + b"\r\n--b--\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.sendall(
+                b"POST /api/v1/images/upload HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:1000]
+            )
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            connection.sendall(body[1000:])
+            answer = connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+        # uvicorn ends by re-raising the signal once it has drained and shut down.
+        assert server.wait(timeout=30) in {0, -signal.SIGTERM}
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert postgres_processes(tmp_path / "data" / "postgres") == []
