@@ -17,8 +17,10 @@ from tests.images import encode, scene
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def run_cli(arguments: list[str], environment: dict[str, str]) -> tuple[int | None, str]:
-    """`python -m app ARGUMENTS`; returns the exit status and stderr."""
+async def run_cli(
+    arguments: list[str], environment: dict[str, str], stream: str = "stderr"
+) -> tuple[int | None, str]:
+    """`python -m app ARGUMENTS`; returns the exit status and what it wrote to `stream`."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -29,8 +31,8 @@ async def run_cli(arguments: list[str], environment: dict[str, str]) -> tuple[in
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    return process.returncode, stderr.decode()
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode, (stdout if stream == "stdout" else stderr).decode()
 
 
 async def test_model_change_is_detected_and_reembed_brings_images_back(

@@ -17,4 +17,7 @@ class FieldError(BaseModel):
 
 
 class ValidationErrorResponse(ErrorResponse):
-    errors: list[FieldError] = Field(description="One entry per invalid parameter")
+    errors: list[FieldError] = Field(
+        default_factory=list,
+        description="One entry per invalid parameter (only for code `validation_error`)",
+    )

@@ -1,0 +1,90 @@
+"""The start-up sweep and `python -m app check [--repair]`."""
+
+import os
+import uuid
+from pathlib import Path
+
+from httpx import ASGITransport, AsyncClient
+
+from app.core.database import create_engine, create_sessionmaker
+from app.main import create_app
+from app.models.image import Image
+from tests.conftest import DatabaseFactory, make_settings
+from tests.images import jpeg_bytes
+from tests.test_reembed import run_cli
+
+
+def age(path: Path, seconds: float) -> None:
+    stamp = path.stat().st_mtime - seconds
+    os.utime(path, (stamp, stamp))
+
+
+async def test_check_reports_and_repairs_orphans_and_missing_files(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("storage_check")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        kept, lost = [
+            (await client.post("/api/v1/images/upload", files={"file": (name, data)})).json()
+            for name, data in (("a.jpg", jpeg_bytes(seed=1)), ("b.jpg", jpeg_bytes(seed=2)))
+        ]
+
+    store = app.state.image_store
+    files = sorted(p for p in settings.image_dir.rglob("*") if p.is_file())
+    # A row whose file vanished, a file whose row vanished, and a staging leftover.
+    engine = create_engine(url)
+    async with create_sessionmaker(engine)() as session:
+        row = await session.get(Image, uuid.UUID(lost["id"]))
+        assert row is not None and row.file_path is not None
+        store.absolute_path(row.file_path).unlink()
+        orphan = settings.image_dir / "ab" / "cd" / ("ab" * 32 + ".jpg")
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"orphan")
+        leftover = store.staging_dir / "upload.part"
+        leftover.write_bytes(b"half")
+        for path in (orphan, leftover):
+            age(path, 3600)
+    await engine.dispose()
+
+    environment = {
+        **os.environ,
+        "DATABASE_URL": settings.DATABASE_URL.get_secret_value(),  # type: ignore[union-attr]
+        "DATA_DIR": str(settings.DATA_DIR),
+    }
+    code, report = await run_cli(["check"], environment, stream="stdout")
+    assert code == 1
+    assert "file without a row: ab/cd/" in report
+    assert "staging leftover: upload.part" in report
+    assert f"row without a file: {lost['id']}" in report
+
+    code, report = await run_cli(["check", "--repair"], environment, stream="stdout")
+    assert code == 1  # the row without its file is reported, never deleted
+    assert "2 files removed" in report
+    assert not orphan.exists() and not leftover.exists()
+    assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == len(files) - 1
+    assert kept["id"] not in report
+
+
+async def test_startup_sweep_removes_old_leftovers_but_not_fresh_files(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("storage_sweep")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    staging = settings.image_dir / ".staging"
+    staging.mkdir(parents=True)
+    old, fresh = staging / "old.part", staging / "fresh.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    age(old, 3600)
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        pass
+
+    assert not old.exists()
+    assert fresh.exists()  # may belong to an upload in flight in another worker
