@@ -28,6 +28,7 @@ from app.services.errors import (
     EmbeddingOutdated,
     EmptyFile,
     FileTooLarge,
+    ImageFileMissing,
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
@@ -47,6 +48,7 @@ RETRY_AFTER_SECONDS = "5"
 
 ERROR_STATUS: dict[type[ServiceError], int] = {
     ImageNotFound: 404,
+    ImageFileMissing: 404,
     FileTooLarge: 413,
     UnsupportedImageFormat: 415,
     EmptyFile: 422,

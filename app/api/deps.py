@@ -49,6 +49,9 @@ SimilarLimit = Annotated[
     int | None,
     Query(ge=1, le=100, description="Most results to return (default MAX_SIMILAR_RESULTS)"),
 ]
+ThumbnailSize = Annotated[
+    int, Query(ge=16, le=1024, description="Longest side of the thumbnail, in pixels")
+]
 Threshold = Annotated[
     float | None,
     Query(

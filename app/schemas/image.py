@@ -49,10 +49,16 @@ class SimilarImage(BaseModel):
     content_type: str
     similarity_score: float = Field(ge=-1.0, le=1.0, description="Cosine similarity")
     upload_timestamp: datetime
+    match: Literal["exact", "near_duplicate", "similar"] = Field(
+        description="`exact`: the same bytes; `near_duplicate`: score at or above "
+        "NEAR_DUPLICATE_THRESHOLD (edited copies); `similar`: anything else above the threshold"
+    )
 
 
 class SimilarImagesResponse(BaseModel):
-    query_image_id: uuid.UUID
+    query_image_id: uuid.UUID | None = Field(
+        description="The stored query image; null for a search by an uploaded image"
+    )
     similar_images: list[SimilarImage]
     total_results: int = Field(ge=0)
     search_timestamp: datetime

@@ -16,6 +16,13 @@ class ImageNotFound(ServiceError):
         super().__init__(f"Image {image_id} not found")
 
 
+class ImageFileMissing(ServiceError):
+    code = "image_file_missing"
+
+    def __init__(self, image_id: object) -> None:
+        super().__init__(f"The file of image {image_id} is missing from storage")
+
+
 class EmbeddingOutdated(ServiceError):
     code = "embedding_outdated"
 

@@ -25,7 +25,7 @@ from app.services.errors import (
     StorageFull,
     StorageUnavailable,
 )
-from app.services.image_processing import analyse_image
+from app.services.image_processing import AnalysedImage, analyse_image
 from app.services.storage import ImageStore
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,27 @@ def _lock_key(content_hash: str) -> Function[Any]:
     return func.pg_advisory_xact_lock(func.hashtextextended(content_hash, 0))
 
 
+async def analyse_upload(
+    data: bytes, *, limits: UploadLimits, embedder: Embedder, image_workers: asyncio.Semaphore
+) -> AnalysedImage:
+    """Check the upload's limits, then validate and embed it off the event loop."""
+    if len(data) > limits.max_file_size:
+        raise FileTooLarge(limits.max_file_size)
+    if not data:
+        raise EmptyFile()
+    # At most IMAGE_WORKERS decodes at once, so CPU work queues up instead of starving the
+    # event loop (and the searches it serves). No database connection is held meanwhile.
+    async with image_workers:
+        return await run_in_threadpool(
+            analyse_image,
+            data,
+            allowed_formats=limits.allowed_formats,
+            max_pixels=limits.max_pixels,
+            max_frames=limits.max_frames,
+            embedder=embedder,
+        )
+
+
 async def ingest_image(
     session: AsyncSession,
     *,
@@ -82,22 +103,10 @@ async def ingest_image(
     row, commit. Any failure after the file is written removes it again, so nothing is left half
     done; a commit that returned means the upload is durable.
     """
-    if len(data) > limits.max_file_size:
-        raise FileTooLarge(limits.max_file_size)
-    if not data:
-        raise EmptyFile()
     received_at = datetime.now(UTC)
-    # At most IMAGE_WORKERS decodes at once, so CPU work queues up instead of starving the
-    # event loop (and the searches it serves). No database connection is held meanwhile.
-    async with image_workers:
-        analysed = await run_in_threadpool(
-            analyse_image,
-            data,
-            allowed_formats=limits.allowed_formats,
-            max_pixels=limits.max_pixels,
-            max_frames=limits.max_frames,
-            embedder=embedder,
-        )
+    analysed = await analyse_upload(
+        data, limits=limits, embedder=embedder, image_workers=image_workers
+    )
 
     await session.execute(select(_lock_key(analysed.content_hash)))
     existing = await session.scalar(
@@ -177,11 +186,30 @@ async def get_image(session: AsyncSession, image_id: uuid.UUID) -> Image:
     return image
 
 
-async def list_images(session: AsyncSession, *, skip: int, limit: int) -> tuple[list[Image], int]:
-    total = await session.scalar(select(func.count()).select_from(Image)) or 0
+@dataclass(frozen=True)
+class ImageFilter:
+    content_type: str | None = None
+    uploaded_after: datetime | None = None
+    uploaded_before: datetime | None = None
+
+
+async def list_images(
+    session: AsyncSession, *, skip: int, limit: int, where: ImageFilter = ImageFilter()
+) -> tuple[list[Image], int]:
+    """A page of images, newest first (ties broken by id, so pages never overlap), and the
+    number of images matching the filter."""
+    conditions = []
+    if where.content_type is not None:
+        conditions.append(Image.content_type == where.content_type)
+    if where.uploaded_after is not None:
+        conditions.append(Image.upload_timestamp >= where.uploaded_after)
+    if where.uploaded_before is not None:
+        conditions.append(Image.upload_timestamp < where.uploaded_before)
+    total = await session.scalar(select(func.count()).select_from(Image).where(*conditions)) or 0
     images = await session.scalars(
         select(Image)
         .options(defer(Image.embedding_vector))
+        .where(*conditions)
         .order_by(Image.upload_timestamp.desc(), Image.id.desc())
         .offset(skip)
         .limit(limit)
@@ -206,6 +234,7 @@ async def delete_image(session: AsyncSession, image_id: uuid.UUID, *, store: Ima
     reuploaded = await session.scalar(select(exists().where(Image.content_hash == content_hash)))
     if not reuploaded:
         await run_in_threadpool(store.remove, relative_path)
+        await run_in_threadpool(store.remove_thumbnails, content_hash)
     await session.commit()
 
 

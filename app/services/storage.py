@@ -14,9 +14,11 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.staging_dir = root / ".staging"
+        self.thumbnail_dir = root / ".thumbnails"
 
     def prepare(self) -> None:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.thumbnail_dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def relative_path(content_hash: str, extension: str) -> str:
@@ -25,8 +27,18 @@ class ImageStore:
     def absolute_path(self, relative_path: str) -> Path:
         return self.root / relative_path
 
+    def thumbnail_path(self, content_hash: str, size: int, image_format: str) -> Path:
+        return self.thumbnail_dir / f"{content_hash}-{size}.{image_format}"
+
+    def remove_thumbnails(self, content_hash: str) -> None:
+        for path in self.thumbnail_dir.glob(f"{content_hash}-*"):
+            path.unlink(missing_ok=True)
+
     def write(self, data: bytes, relative_path: str) -> None:
-        target = self.absolute_path(relative_path)
+        self.write_file(self.absolute_path(relative_path), data)
+
+    def write_file(self, target: Path, data: bytes) -> None:
+        """Write `data` to `target` atomically and durably (staged, fsynced, renamed)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, staging_name = tempfile.mkstemp(dir=self.staging_dir, suffix=".part")
         try:
@@ -47,13 +59,15 @@ class ImageStore:
         return self.absolute_path(relative_path).is_file()
 
     def stored_files(self) -> dict[str, float]:
-        """Every stored file (relative path -> modification time), staging area excluded."""
+        """Every stored image file (relative path -> modification time)."""
         files: dict[str, float] = {}
         if not self.root.is_dir():
             return files
         for path in self.root.rglob("*"):
-            if path.is_file() and self.staging_dir not in path.parents:
-                files[path.relative_to(self.root).as_posix()] = path.stat().st_mtime
+            relative = path.relative_to(self.root)
+            # Image files only: the staging area and the thumbnail cache start with a dot.
+            if path.is_file() and not relative.parts[0].startswith("."):
+                files[relative.as_posix()] = path.stat().st_mtime
         return files
 
     def staging_files(self) -> dict[Path, float]:

@@ -367,6 +367,7 @@ async def test_similar_returns_other_images_best_first_without_the_query_image(
         "content_type",
         "similarity_score",
         "upload_timestamp",
+        "match",
     }
 
 

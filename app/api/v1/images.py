@@ -1,9 +1,12 @@
 """Image endpoints: upload, read, list, similar, delete."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi.responses import FileResponse
+from pydantic import AwareDatetime
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     EmbedderDep,
@@ -17,8 +20,10 @@ from app.api.deps import (
     SimilarLimit,
     Skip,
     Threshold,
+    ThumbnailSize,
 )
 from app.api.errors import error_responses
+from app.core.config import Settings
 from app.schemas.image import (
     ImageList,
     ImageRead,
@@ -26,7 +31,8 @@ from app.schemas.image import (
     SimilarImage,
     SimilarImagesResponse,
 )
-from app.services import images, vector_service
+from app.services import images, thumbnails, vector_service
+from app.services.errors import ImageFileMissing
 
 router = APIRouter()
 
@@ -57,12 +63,7 @@ async def upload_image(
         session,
         data=data,
         filename=file.filename,
-        limits=images.UploadLimits(
-            max_file_size=settings.MAX_FILE_SIZE,
-            max_pixels=settings.MAX_IMAGE_PIXELS,
-            max_frames=settings.MAX_FRAMES,
-            allowed_formats=settings.allowed_formats,
-        ),
+        limits=upload_limits(settings),
         store=store,
         embedder=embedder,
         image_workers=image_workers,
@@ -85,8 +86,27 @@ async def upload_image(
     summary="List images, newest first",
     responses=error_responses(422, 503),
 )
-async def list_images(session: ReadSessionDep, skip: Skip = 0, limit: PageLimit = 20) -> ImageList:
-    items, total = await images.list_images(session, skip=skip, limit=limit)
+async def list_images(
+    session: ReadSessionDep,
+    skip: Skip = 0,
+    limit: PageLimit = 20,
+    content_type: Annotated[
+        Literal["image/jpeg", "image/png", "image/gif", "image/bmp"] | None,
+        Query(description="Only images of this content type"),
+    ] = None,
+    uploaded_after: Annotated[
+        AwareDatetime | None, Query(description="Only images uploaded at or after (ISO 8601)")
+    ] = None,
+    uploaded_before: Annotated[
+        AwareDatetime | None, Query(description="Only images uploaded before (ISO 8601)")
+    ] = None,
+) -> ImageList:
+    items, total = await images.list_images(
+        session,
+        skip=skip,
+        limit=limit,
+        where=images.ImageFilter(content_type, uploaded_after, uploaded_before),
+    )
     return ImageList(
         items=[ImageRead.model_validate(item) for item in items],
         total=total,
@@ -125,6 +145,7 @@ async def find_similar_images(
         model=embedder.name,
         limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
         threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
+        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
         index=settings.vector_index,
     )
     return SimilarImagesResponse(
@@ -144,3 +165,137 @@ async def find_similar_images(
 )
 async def delete_image(image_id: ImageId, session: SessionDep, store: ImageStoreDep) -> None:
     await images.delete_image(session, image_id, store=store)
+
+
+@router.post(
+    "/search",
+    response_model=SimilarImagesResponse,
+    summary="Find the stored images most similar to an uploaded image, without storing it",
+    responses=error_responses(400, 413, 415, 422, 503),
+)
+async def search_by_image(
+    file: Annotated[UploadFile, File(description="The image to search with; it is not stored")],
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    embedder: EmbedderDep,
+    image_workers: ImageWorkersDep,
+    limit: Annotated[
+        int | None, Form(ge=1, le=100, description="Most results (default MAX_SIMILAR_RESULTS)")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        Form(ge=-1.0, le=1.0, allow_inf_nan=False, description="Lowest cosine similarity"),
+    ] = None,
+) -> SimilarImagesResponse:
+    analysed = await images.analyse_upload(
+        await file.read(settings.MAX_FILE_SIZE + 1),
+        limits=upload_limits(settings),
+        embedder=embedder,
+        image_workers=image_workers,
+    )
+    matches = await vector_service.find_images_like(
+        session,
+        analysed.embedding,
+        content_hash=analysed.content_hash,
+        model=embedder.name,
+        limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
+        threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
+        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
+        index=settings.vector_index,
+    )
+    return SimilarImagesResponse(
+        query_image_id=None,
+        similar_images=[SimilarImage.model_validate(match) for match in matches],
+        total_results=len(matches),
+        search_timestamp=datetime.now(UTC),
+    )
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+_FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400"}
+_IMAGE_CONTENT: dict[str, Any] = {
+    "content": {media: {} for media in ("image/jpeg", "image/png", "image/gif", "image/bmp")}
+}
+
+
+@router.get(
+    "/{image_id}/file",
+    response_class=FileResponse,
+    summary="The original file, as uploaded",
+    responses={
+        200: {**_IMAGE_CONTENT, "description": "The bytes as uploaded; ETag is their SHA-256"},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **error_responses(404, 422, 503),
+    },
+)
+async def get_image_file(
+    image_id: ImageId,
+    session: ReadSessionDep,
+    store: ImageStoreDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    image = await images.get_image(session, image_id)
+    etag = f'"{image.content_hash}"'
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    if image.file_path is None or not store.exists(image.file_path):
+        raise ImageFileMissing(image_id)
+    return FileResponse(
+        store.absolute_path(image.file_path),
+        media_type=image.content_type,
+        filename=image.filename,
+        content_disposition_type="inline",
+        headers={"ETag": etag, **_FILE_HEADERS},
+    )
+
+
+@router.get(
+    "/{image_id}/thumbnail",
+    response_class=FileResponse,
+    summary="A thumbnail, EXIF orientation applied (cached)",
+    responses={
+        200: {
+            "content": {"image/jpeg": {}, "image/webp": {}},
+            "description": "No larger than `size` on its longer side",
+        },
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **error_responses(404, 422, 503),
+    },
+)
+async def get_thumbnail(
+    image_id: ImageId,
+    session: ReadSessionDep,
+    store: ImageStoreDep,
+    image_workers: ImageWorkersDep,
+    size: ThumbnailSize = 256,
+    format: Annotated[thumbnails.ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    image = await images.get_image(session, image_id)
+    etag = f'"{image.content_hash}-{size}-{format}"'
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    if image.file_path is None or not store.exists(image.file_path):
+        raise ImageFileMissing(image_id)
+    async with image_workers:
+        path = await run_in_threadpool(
+            thumbnails.cached_thumbnail, store, image.file_path, image.content_hash, size, format
+        )
+    return FileResponse(
+        path, media_type=thumbnails.MEDIA_TYPES[format], headers={"ETag": etag, **_FILE_HEADERS}
+    )
+
+
+def upload_limits(settings: Settings) -> images.UploadLimits:
+    return images.UploadLimits(
+        max_file_size=settings.MAX_FILE_SIZE,
+        max_pixels=settings.MAX_IMAGE_PIXELS,
+        max_frames=settings.MAX_FRAMES,
+        allowed_formats=settings.allowed_formats,
+    )
