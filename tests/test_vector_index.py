@@ -128,7 +128,13 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
         for limit, threshold in ((10, -1.0), (5, 0.8), (100, 0.85), (3, 0.999)):
             async with sessionmaker() as session:
                 matches = await vector_service.find_similar_images(
-                    session, ids[query], model=MODEL, limit=limit, threshold=threshold, index=index
+                    session,
+                    ids[query],
+                    model=MODEL,
+                    limit=limit,
+                    threshold=threshold,
+                    index=index,
+                    near_duplicate_threshold=0.9,
                 )
             others = [i for i in np.argsort(-scores[query]) if i != query]
             expected = [ids[i] for i in others if scores[query, i] >= threshold - 1e-3][:limit]

@@ -67,7 +67,13 @@ async def test_results_are_ranked_by_cosine_similarity(
     ]
 
     matches = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=10, threshold=-1.0
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=10,
+        threshold=-1.0,
     )
 
     assert [match.id for match in matches] == ids
@@ -83,13 +89,31 @@ async def test_threshold_limit_and_exclusion_of_the_query(
     await add_image(session, unit(-base))  # opposite: score -1.0
 
     at_one = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=10, threshold=1.0
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=10,
+        threshold=1.0,
     )
     everything = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=10, threshold=-1
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=10,
+        threshold=-1,
     )
     one = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=1, threshold=-1
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=1,
+        threshold=-1,
     )
 
     assert [match.id for match in at_one] == [copy]
@@ -108,7 +132,13 @@ async def test_limit_of_100_returns_100_results(session: AsyncSession) -> None:
 
     await session.execute(text("SET LOCAL enable_seqscan = off"))  # make the planner use HNSW
     matches = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=100, threshold=-1
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=100,
+        threshold=-1,
     )
 
     assert len(matches) == 100
@@ -117,7 +147,13 @@ async def test_limit_of_100_returns_100_results(session: AsyncSession) -> None:
 async def test_unknown_query_image_raises_not_found(session: AsyncSession) -> None:
     with pytest.raises(ImageNotFound):
         await vector_service.find_similar_images(
-            session, uuid.uuid4(), model=MODEL, index=INDEX, limit=5, threshold=0.5
+            session,
+            uuid.uuid4(),
+            model=MODEL,
+            index=INDEX,
+            near_duplicate_threshold=0.9,
+            limit=5,
+            threshold=0.5,
         )
 
 
@@ -129,7 +165,13 @@ async def test_only_embeddings_of_the_current_model_are_compared(
     await add_image(session, unit(base), model="older")  # identical vector, other model
 
     matches = await vector_service.find_similar_images(
-        session, query, model=MODEL, index=INDEX, limit=10, threshold=-1
+        session,
+        query,
+        model=MODEL,
+        index=INDEX,
+        near_duplicate_threshold=0.9,
+        limit=10,
+        threshold=-1,
     )
 
     assert [match.id for match in matches] == [same_model]
@@ -141,5 +183,11 @@ async def test_a_query_image_from_another_model_is_reported_outdated(
     query = await add_image(session, unit(base), model="older")
     with pytest.raises(EmbeddingOutdated, match="reembed"):
         await vector_service.find_similar_images(
-            session, query, model=MODEL, index=INDEX, limit=10, threshold=-1
+            session,
+            query,
+            model=MODEL,
+            index=INDEX,
+            near_duplicate_threshold=0.9,
+            limit=10,
+            threshold=-1,
         )
