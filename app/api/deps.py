@@ -1,6 +1,7 @@
 """What the routers get injected, as `Annotated` aliases."""
 
 import asyncio
+import hmac
 import uuid
 from typing import Annotated
 
@@ -9,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.database import get_read_session, get_session
+from app.core.observability import Metrics
 from app.services.embeddings import Embedder
+from app.services.errors import NotAuthorized
 from app.services.storage import ImageStore
 
 
@@ -35,12 +38,29 @@ async def get_image_workers(request: Request) -> asyncio.Semaphore:
     return workers
 
 
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+async def require_admin(request: Request) -> None:
+    """With ADMIN_TOKEN set, the request must carry `Authorization: Bearer <token>`."""
+    token = request.app.state.settings.ADMIN_TOKEN
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise NotAuthorized()
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 ImageWorkersDep = Annotated[asyncio.Semaphore, Depends(get_image_workers)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 ImageId = Annotated[uuid.UUID, Path(description="The image's id (a UUID)")]
 Skip = Annotated[int, Query(ge=0, le=2_147_483_647, description="Items to skip")]

@@ -8,6 +8,7 @@ from app.schemas.errors import ErrorResponse, ValidationErrorResponse
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed request body",
+        401: "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`",
         404: "No image with this id",
         409: "The image was embedded with another model; run `python -m app reembed` "
         "(code `embedding_outdated`)",

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     STORAGE_DIR: Path | None = None
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
+    # When set, /api/v1/health/detailed and /metrics require `Authorization: Bearer <token>`.
+    ADMIN_TOKEN: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = [
         "http://localhost:3000",
         "http://localhost:8080",

@@ -9,6 +9,13 @@ class ServiceError(Exception):
         self.detail = detail
 
 
+class NotAuthorized(ServiceError):
+    code = "not_authorized"
+
+    def __init__(self) -> None:
+        super().__init__("This endpoint needs `Authorization: Bearer <ADMIN_TOKEN>`")
+
+
 class ImageNotFound(ServiceError):
     code = "image_not_found"
 

@@ -46,6 +46,7 @@ class UploadLimits:
 class IngestResult:
     image: Image
     created: bool
+    analysis_seconds: float
 
 
 def clean_original_filename(filename: str | None) -> str:
@@ -116,7 +117,7 @@ async def ingest_image(
     )
     if existing is not None:
         await session.commit()
-        return IngestResult(image=existing, created=False)
+        return IngestResult(image=existing, created=False, analysis_seconds=analysed.seconds)
 
     relative_path = store.relative_path(analysed.content_hash, analysed.extension)
     try:
@@ -150,7 +151,7 @@ async def ingest_image(
         if not _commit_outcome_unknown(exc):
             _discard_file(store, relative_path)
         raise
-    return IngestResult(image=image, created=True)
+    return IngestResult(image=image, created=True, analysis_seconds=analysed.seconds)
 
 
 async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:
@@ -253,3 +254,7 @@ async def count_by_model(session: AsyncSession) -> dict[str, int]:
         select(Image.embedding_model, func.count()).group_by(Image.embedding_model)
     )
     return {model: count for model, count in rows.tuples()}
+
+
+async def count_images(session: AsyncSession) -> int:
+    return await session.scalar(select(func.count()).select_from(Image)) or 0

@@ -1,5 +1,6 @@
 """The image endpoints, over HTTP, against the real database."""
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -457,8 +458,7 @@ async def test_unwritable_storage_is_a_503_and_leaves_no_row(
     settings = make_settings(tmp_path)
     app = build_app(settings, session)
     # Storage root replaced by a plain file: every directory creation under it fails.
-    (settings.image_dir / ".staging").rmdir()
-    settings.image_dir.rmdir()
+    shutil.rmtree(settings.image_dir)
     settings.image_dir.write_bytes(b"")
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
         response = await upload(client, jpeg_bytes())

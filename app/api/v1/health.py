@@ -3,9 +3,10 @@
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
-from app.api.deps import EmbedderDep, ReadSessionDep
+from app.api.deps import EmbedderDep, ReadSessionDep, require_admin
+from app.api.errors import error_responses
 from app.core.config import SERVICE_VERSION
 from app.schemas.health import (
     DatabaseHealth,
@@ -44,7 +45,11 @@ async def health(session: ReadSessionDep, response: Response) -> HealthStatus:
     "/detailed",
     response_model=DetailedHealth,
     summary="Database, pgvector, image count, embedding and uptime",
-    responses={503: {"model": DetailedHealth, "description": "The database is unavailable"}},
+    dependencies=[Depends(require_admin)],
+    responses={
+        503: {"model": DetailedHealth, "description": "The database is unavailable"},
+        **error_responses(401),
+    },
 )
 async def detailed_health(
     request: Request, session: ReadSessionDep, embedder: EmbedderDep, response: Response

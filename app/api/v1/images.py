@@ -13,6 +13,7 @@ from app.api.deps import (
     ImageId,
     ImageStoreDep,
     ImageWorkersDep,
+    MetricsDep,
     PageLimit,
     ReadSessionDep,
     SessionDep,
@@ -55,6 +56,7 @@ async def upload_image(
     store: ImageStoreDep,
     embedder: EmbedderDep,
     image_workers: ImageWorkersDep,
+    metrics: MetricsDep,
 ) -> ImageUploadResponse:
     # The request body is already capped by the app's body limit; read one byte past the file
     # limit so the service can tell "exactly at the limit" from "over it".
@@ -68,6 +70,7 @@ async def upload_image(
         embedder=embedder,
         image_workers=image_workers,
     )
+    metrics.embedding_seconds.observe(result.analysis_seconds)
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return ImageUploadResponse(

