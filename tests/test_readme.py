@@ -50,6 +50,10 @@ async def test_readme_curl_examples_run_as_written(
     assert '"total":1' in output
     assert '"status":"healthy"' in output
     assert "HTTP/1.1 200" in output
+    assert '"query_image_id":null' in output  # the search by an uploaded image
+    assert "image_uploads_total" in output  # the metrics
+    assert (tmp_path / "original.jpg").read_bytes() == (tmp_path / "sample_image.jpg").read_bytes()
+    assert (tmp_path / "thumbnail.jpg").read_bytes().startswith(b"\xff\xd8")
 
 
 @pytest.fixture(autouse=True)
