@@ -5,9 +5,12 @@ import asyncio
 import logging
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import uvicorn
 
+from app.client import find_images, import_images, search_with_file
 from app.core.config import get_settings
 from app.core.database import create_sessionmaker, open_database, prepare_vector_index
 from app.core.observability import configure_logging
@@ -26,6 +29,9 @@ def require_embedder_dependencies(model: str) -> None:
             check_available()
         except CnnUnavailable as exc:
             sys.exit(f"error: {exc}")
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def serve(arguments: argparse.Namespace) -> None:
@@ -54,16 +60,14 @@ class ProgressBar:
         self.label = label
         self.started = time.monotonic()
 
-    def __call__(self, progress: ReembedProgress) -> None:
+    def show(self, done: int, total: int, failed: int) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = progress.processed / elapsed
-        left = (progress.total - progress.processed) / rate if rate > 0 else 0.0
-        share = progress.processed / progress.total if progress.total else 1.0
-        filled = int(share * 30)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else 0.0
+        filled = int((done / total if total else 1.0) * 30)
         sys.stderr.write(
             f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-            f"{progress.processed}/{progress.total} {rate:.1f}/s ETA {left:.0f}s "
-            f"failed {progress.failed}"
+            f"{done}/{total} {rate:.1f}/s ETA {left:.0f}s failed {failed}"
         )
         sys.stderr.flush()
 
@@ -74,6 +78,8 @@ def reembed(arguments: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
 
+    bar = ProgressBar(f"reembed ({embedder.name})")
+
     async def run() -> ReembedProgress:
         async with open_database(settings) as engine:
             return await reembed_images(
@@ -82,7 +88,7 @@ def reembed(arguments: argparse.Namespace) -> None:
                 embedder=embedder,
                 max_pixels=settings.MAX_IMAGE_PIXELS,
                 batch_size=arguments.batch_size,
-                on_progress=ProgressBar(f"reembed ({embedder.name})"),
+                on_progress=lambda p: bar.show(p.processed, p.total, p.failed),
             )
 
     progress = asyncio.run(run())
@@ -143,6 +149,47 @@ def check(arguments: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def import_directory(arguments: argparse.Namespace) -> None:
+    directory = Path(arguments.directory)
+    if not directory.is_dir():
+        sys.exit(f"error: {directory} is not a directory")
+    images, skipped = find_images(directory, recursive=arguments.recursive)
+    bar = ProgressBar("import")
+    report = asyncio.run(
+        import_images(
+            images,
+            url=arguments.url,
+            concurrency=arguments.concurrency,
+            on_progress=lambda r: bar.show(r.processed, r.total, len(r.rejected)),
+        )
+    )
+    print(file=sys.stderr)
+    print(
+        f"import: {report.created} stored, {report.already_stored} already stored, "
+        f"{len(report.rejected)} rejected, {len(skipped)} skipped (not images)"
+    )
+    for path, reason in report.rejected:
+        print(f"rejected: {path}: {reason}")
+    if report.rejected:
+        sys.exit(1)
+
+
+def search(arguments: argparse.Namespace) -> None:
+    try:
+        body = asyncio.run(
+            search_with_file(Path(arguments.file), url=arguments.url, limit=arguments.limit)
+        )
+    except (OSError, ValueError, httpx.HTTPError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"{'score':>7}  {'match':<15} {'id':<36}  filename")
+    for match in body["similar_images"]:
+        print(
+            f"{match['similarity_score']:7.3f}  {match['match']:<15} {match['id']:<36}  "
+            f"{match['filename']}"
+        )
+    print(f"{body['total_results']} similar image(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,5 +218,20 @@ def main(argv: list[str] | None = None) -> None:
         "reindex",
         help="rebuild the vector index per VECTOR_INDEX (IVFFlat: after the collection has grown)",
     ).set_defaults(handler=reindex)
+    import_parser = commands.add_parser(
+        "import", help="upload every image under DIRECTORY to a running service"
+    )
+    import_parser.add_argument("directory")
+    import_parser.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    import_parser.add_argument("--concurrency", type=int, default=4, help="uploads at once")
+    import_parser.add_argument("--recursive", action="store_true", help="include subfolders")
+    import_parser.set_defaults(handler=import_directory)
+    search_parser = commands.add_parser(
+        "search", help="list the stored images most similar to FILE (FILE is not stored)"
+    )
+    search_parser.add_argument("file")
+    search_parser.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    search_parser.add_argument("--limit", type=int, default=10, help="most results (1..100)")
+    search_parser.set_defaults(handler=search)
     arguments = parser.parse_args(argv)
     arguments.handler(arguments)

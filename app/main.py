@@ -11,12 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import info, metrics
+from app.api import info, metrics, page
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
@@ -148,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
     app.include_router(info.router, tags=["info"])
     app.include_router(metrics.router, tags=["metrics"])
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     _add_error_handlers(app)
     return app
 

@@ -1,0 +1,99 @@
+"""A client of a running service, for the command line: bulk import and search by file."""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.services.image_processing import sniff_format
+
+RETRIES = 3
+
+
+@dataclass
+class ImportReport:
+    total: int
+    created: int = 0
+    already_stored: int = 0
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        return self.created + self.already_stored + len(self.rejected)
+
+
+def find_images(directory: Path, *, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """Files under `directory` that start like an image, and the others (skipped)."""
+    candidates = sorted(directory.rglob("*") if recursive else directory.iterdir())
+    images: list[Path] = []
+    others: list[Path] = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        with path.open("rb") as file:
+            head = file.read(16)
+        (images if sniff_format(head) else others).append(path)
+    return images, others
+
+
+async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str, Any]]:
+    data = await asyncio.to_thread(path.read_bytes)
+    for attempt in range(RETRIES):
+        response = await client.post("/api/v1/images/upload", files={"file": (path.name, data)})
+        if response.status_code != 503 or attempt == RETRIES - 1:
+            return response.status_code, response.json()
+        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+    raise AssertionError("unreachable")
+
+
+async def import_images(
+    paths: list[Path],
+    *,
+    url: str,
+    concurrency: int,
+    on_progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Upload `paths`, `concurrency` at a time. Bytes already stored are recognised by the
+    service (200), so running an import again stores nothing twice."""
+    report = ImportReport(total=len(paths))
+    queue: asyncio.Queue[Path] = asyncio.Queue()
+    for path in paths:
+        queue.put_nowait(path)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            path = queue.get_nowait()
+            try:
+                status, body = await _upload(client, path)
+            except (httpx.HTTPError, ValueError) as exc:
+                report.rejected.append((path, f"could not upload: {exc}"))
+            else:
+                if status == 201:
+                    report.created += 1
+                elif status == 200:
+                    report.already_stored += 1
+                else:
+                    report.rejected.append((path, str(body.get("detail", f"HTTP {status}"))))
+            if on_progress is not None:
+                on_progress(report)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
+    return report
+
+
+async def search_with_file(path: Path, *, url: str, limit: int) -> dict[str, Any]:
+    data = await asyncio.to_thread(path.read_bytes)
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        response = await client.post(
+            "/api/v1/images/search",
+            files={"file": (path.name, data)},
+            data={"limit": str(limit)},
+        )
+    body: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        raise ValueError(body.get("detail", f"HTTP {response.status_code}"))
+    return body

@@ -1,0 +1,172 @@
+// The page talks to the same JSON API as everyone else; no build step, no dependencies.
+"use strict";
+
+const API = "/api/v1/images";
+const PAGE_SIZE = 12;
+const $ = (id) => document.getElementById(id);
+let galleryPage = 0;
+let shownImageId = null;
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  if (response.status === 204) return null;
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    // The API's own words: every error carries a readable `detail`.
+    throw new Error(body.detail || `The service answered ${response.status}`);
+  }
+  return body;
+}
+
+function thumbnail(id, size = 240) {
+  return `${API}/${id}/thumbnail?size=${size}`;
+}
+
+function card(image, caption, onOpen) {
+  const item = document.createElement("li");
+  item.className = "card";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.setAttribute("aria-label", `Open ${image.filename}`);
+  const img = document.createElement("img");
+  img.src = thumbnail(image.id);
+  img.alt = image.filename;
+  img.loading = "lazy";
+  const text = document.createElement("div");
+  text.className = "caption";
+  text.append(...caption);
+  button.append(img, text);
+  button.addEventListener("click", () => onOpen(image.id));
+  item.append(button);
+  return item;
+}
+
+function matchCaption(match) {
+  const badge = document.createElement("span");
+  badge.className = `badge ${match.match}`;
+  badge.textContent = match.match.replace("_", " ");
+  const score = document.createElement("div");
+  score.textContent = `${match.similarity_score.toFixed(3)} · ${match.filename}`;
+  return [badge, score];
+}
+
+function showMatches(list, matches) {
+  list.replaceChildren(...matches.map((m) => card(m, matchCaption(m), openDetails)));
+}
+
+function searchParams() {
+  return { threshold: $("threshold").value, limit: $("limit").value };
+}
+
+async function handleFile(file) {
+  if (!file) return;
+  const { threshold, limit } = searchParams();
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    let answer;
+    if ($("search-only").checked) {
+      setStatus(`Searching with ${file.name}…`);
+      form.append("threshold", threshold);
+      form.append("limit", limit);
+      answer = await api(`${API}/search`, { method: "POST", body: form });
+    } else {
+      setStatus(`Uploading ${file.name}…`);
+      const stored = await api(`${API}/upload`, { method: "POST", body: form });
+      answer = await api(`${API}/${stored.id}/similar?threshold=${threshold}&limit=${limit}`);
+      loadGallery();
+    }
+    showMatches($("results"), answer.similar_images);
+    setStatus(`${answer.total_results} similar picture(s) for ${file.name}.`);
+  } catch (error) {
+    $("results").replaceChildren();
+    setStatus(`${file.name}: ${error.message}`, true);
+  }
+}
+
+async function openDetails(id) {
+  try {
+    const image = await api(`${API}/${id}`);
+    const { threshold, limit } = searchParams();
+    const similar = await api(`${API}/${id}/similar?threshold=${threshold}&limit=${limit}`)
+      .catch((error) => ({ similar_images: [], error }));
+    shownImageId = id;
+    $("details").hidden = false;
+    $("details-title").textContent = image.filename;
+    $("details-image").src = thumbnail(id, 512);
+    $("details-image").alt = image.filename;
+    const rows = {
+      Size: `${image.width} × ${image.height}`, Format: image.format, Bytes: image.file_size,
+      Uploaded: new Date(image.upload_timestamp).toLocaleString(), Id: image.id,
+      ...Object.fromEntries(Object.entries(image.metadata.exif || {}).map(([k, v]) => [k.replace("_", " "), v])),
+    };
+    $("details-metadata").replaceChildren(...Object.entries(rows).flatMap(([key, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = key;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }));
+    showMatches($("details-similar"), similar.similar_images);
+    $("details").scrollIntoView({ behavior: "smooth" });
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function deleteShown() {
+  if (!shownImageId || !window.confirm("Delete this picture? This cannot be undone.")) return;
+  try {
+    await api(`${API}/${shownImageId}`, { method: "DELETE" });
+    setStatus("Picture deleted.");
+    $("details").hidden = true;
+    shownImageId = null;
+    loadGallery();
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function loadGallery() {
+  try {
+    const page = await api(`${API}/?skip=${galleryPage * PAGE_SIZE}&limit=${PAGE_SIZE}`);
+    $("gallery").replaceChildren(...page.items.map((image) => card(image, [image.filename], openDetails)));
+    const pages = Math.max(1, Math.ceil(page.total / PAGE_SIZE));
+    $("page-info").textContent = `Page ${galleryPage + 1} of ${pages} (${page.total} pictures)`;
+    $("previous-page").disabled = galleryPage === 0;
+    $("next-page").disabled = galleryPage + 1 >= pages;
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+function setUp() {
+  const zone = $("drop-zone");
+  $("file-input").addEventListener("change", (event) => handleFile(event.target.files[0]));
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    handleFile(event.dataTransfer.files[0]);
+  });
+  $("threshold").addEventListener("input", () => {
+    $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
+  });
+  $("delete-button").addEventListener("click", deleteShown);
+  $("previous-page").addEventListener("click", () => { galleryPage -= 1; loadGallery(); });
+  $("next-page").addEventListener("click", () => { galleryPage += 1; loadGallery(); });
+  fetch("/info").then((r) => r.json()).then((info) => {
+    $("threshold").value = info.similarity_threshold;
+    $("threshold").dispatchEvent(new Event("input"));
+    $("limit").value = info.max_similar_results;
+  }).catch(() => {});
+  loadGallery();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

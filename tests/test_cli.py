@@ -1,0 +1,80 @@
+"""`python -m app import` and `search` against a running app on a free port."""
+
+import os
+from pathlib import Path
+
+from tests.conftest import DatabaseFactory, make_settings
+from tests.images import encode, scene
+from tests.live_server import live_server
+from tests.test_reembed import run_cli
+
+
+async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("cli_import")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(encode(scene(seed=1), "JPEG"))
+    (photos / "b.png").write_bytes(encode(scene(seed=2), "PNG"))
+    (photos / "nested" / "c.jpg").write_bytes(encode(scene(seed=3), "JPEG"))
+    (photos / "notes.txt").write_text("not a picture")
+    (photos / "broken.jpg").write_bytes(encode(scene(seed=4), "JPEG")[:300])
+
+    with live_server(settings) as base_url:
+        environment = dict(os.environ)
+        first_code, first = await run_cli(
+            ["import", str(photos), "--url", base_url, "--concurrency", "3"],
+            environment,
+            stream="stdout",
+        )
+        again_code, again = await run_cli(
+            ["import", str(photos), "--url", base_url, "--recursive"], environment, stream="stdout"
+        )
+        _, progress = await run_cli(
+            ["import", str(photos / "nested"), "--url", base_url], environment
+        )
+
+    assert first_code == 1  # broken.jpg was refused
+    assert "import: 2 stored, 0 already stored, 1 rejected, 1 skipped (not images)" in first
+    assert "broken.jpg: The file is not a valid JPEG image (corrupt or truncated)" in first
+    assert again_code == 1
+    assert "import: 1 stored, 2 already stored, 1 rejected, 1 skipped" in again
+    assert "1/1" in progress and "ETA" in progress  # the progress bar on stderr
+
+
+async def test_search_prints_the_most_similar_images_as_a_table(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("cli_search")
+    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    original = scene(640, 480, seed=1)
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    (stored / "holiday.jpg").write_bytes(encode(original, "JPEG", quality=90))
+    query = tmp_path / "query.jpg"
+    query.write_bytes(encode(original.resize((320, 240)), "JPEG", quality=50))
+
+    with live_server(settings) as base_url:
+        environment = dict(os.environ)
+        await run_cli(["import", str(stored), "--url", base_url], environment)
+        code, table = await run_cli(
+            ["search", str(query), "--url", base_url, "--limit", "3"], environment, stream="stdout"
+        )
+        missing_code, message = await run_cli(
+            ["search", str(tmp_path / "nope.jpg"), "--url", base_url], environment
+        )
+
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].split() == ["score", "match", "id", "filename"]
+    assert "near_duplicate" in lines[1] and lines[1].endswith("holiday.jpg")
+    assert lines[-1] == "1 similar image(s)"
+    assert missing_code == 1 and "nope.jpg" in message
+
+
+async def test_every_command_has_help() -> None:
+    for command in ("serve", "reembed", "reindex", "check", "import", "search"):
+        code, text = await run_cli([command, "--help"], dict(os.environ), stream="stdout")
+        assert code == 0 and "usage: python -m app" in text
