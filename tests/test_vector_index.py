@@ -130,11 +130,7 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
                 matches = await vector_service.find_similar_images(
                     session,
                     ids[query],
-                    model=MODEL,
-                    limit=limit,
-                    threshold=threshold,
-                    index=index,
-                    near_duplicate_threshold=0.9,
+                    vector_service.SearchOptions(MODEL, limit, threshold, 0.9, index),
                 )
             others = [i for i in np.argsort(-scores[query]) if i != query]
             expected = [ids[i] for i in others if scores[query, i] >= threshold - 1e-3][:limit]

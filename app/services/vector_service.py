@@ -70,6 +70,15 @@ def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
 
 
 @dataclass(frozen=True)
+class SearchOptions:
+    model: str  # only embeddings of this model are compared
+    limit: int
+    threshold: float  # lowest cosine similarity returned
+    near_duplicate_threshold: float
+    index: VectorIndexConfig
+
+
+@dataclass(frozen=True)
 class SimilarMatch:
     id: uuid.UUID
     filename: str
@@ -115,56 +124,42 @@ async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
 
 
 async def find_similar_images(
-    session: AsyncSession,
-    image_id: uuid.UUID,
-    *,
-    model: str,
-    limit: int,
-    threshold: float,
-    near_duplicate_threshold: float,
-    index: VectorIndexConfig,
+    session: AsyncSession, image_id: uuid.UUID, options: SearchOptions
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
-    never including the query image itself. Only embeddings of `model` are compared."""
+    never including the query image itself."""
     connection = await _driver_connection(session)
     rows = await connection.fetch(
-        nearest_images_sql(index),
+        nearest_images_sql(options.index),
         image_id,
-        model,
-        limit + 1,  # one more than asked: the query image is normally its own nearest neighbour
-        1.0 - threshold + _SCORE_TOLERANCE,
-        limit,
+        options.model,
+        options.limit + 1,  # the query image is normally its own nearest neighbour
+        1.0 - options.threshold + _SCORE_TOLERANCE,
+        options.limit,
     )
     if not rows:
         raise ImageNotFound(image_id)
-    if rows[0]["query_model"] != model:
-        raise EmbeddingOutdated(image_id, rows[0]["query_model"], model)
+    if rows[0]["query_model"] != options.model:
+        raise EmbeddingOutdated(image_id, rows[0]["query_model"], options.model)
     return _matches(
-        rows, query_hash=rows[0]["query_hash"], near_duplicate_threshold=near_duplicate_threshold
+        rows,
+        query_hash=rows[0]["query_hash"],
+        near_duplicate_threshold=options.near_duplicate_threshold,
     )
 
 
 async def find_images_like(
-    session: AsyncSession,
-    vector: NDArray[np.float32],
-    *,
-    content_hash: str,
-    model: str,
-    limit: int,
-    threshold: float,
-    near_duplicate_threshold: float,
-    index: VectorIndexConfig,
+    session: AsyncSession, vector: NDArray[np.float32], content_hash: str, options: SearchOptions
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector and hash)."""
     connection = await _driver_connection(session)
-    text_vector = "[" + ",".join(map(repr, vector.tolist())) + "]"
     rows = await connection.fetch(
-        nearest_to_vector_sql(index),
-        text_vector,
-        model,
-        limit,
-        1.0 - threshold + _SCORE_TOLERANCE,
+        nearest_to_vector_sql(options.index),
+        "[" + ",".join(map(repr, vector.tolist())) + "]",
+        options.model,
+        options.limit,
+        1.0 - options.threshold + _SCORE_TOLERANCE,
     )
     return _matches(
-        rows, query_hash=content_hash, near_duplicate_threshold=near_duplicate_threshold
+        rows, query_hash=content_hash, near_duplicate_threshold=options.near_duplicate_threshold
     )

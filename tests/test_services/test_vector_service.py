@@ -50,6 +50,15 @@ async def add_image(
     return image_id
 
 
+async def search(
+    session: AsyncSession, query: uuid.UUID, *, limit: int, threshold: float
+) -> list[vector_service.SimilarMatch]:
+    options = vector_service.SearchOptions(
+        model=MODEL, limit=limit, threshold=threshold, near_duplicate_threshold=0.9, index=INDEX
+    )
+    return await vector_service.find_similar_images(session, query, options)
+
+
 @pytest.fixture
 def base() -> NDArray[np.float64]:
     return np.random.default_rng(7).standard_normal(DIMENSION)
@@ -66,15 +75,7 @@ async def test_results_are_ranked_by_cosine_similarity(
         for noise in (0.1, 0.5, 1.0, 3.0)
     ]
 
-    matches = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=10,
-        threshold=-1.0,
-    )
+    matches = await search(session, query, limit=10, threshold=-1.0)
 
     assert [match.id for match in matches] == ids
     assert matches[0].similarity_score == pytest.approx(0.995, abs=0.01)
@@ -88,33 +89,9 @@ async def test_threshold_limit_and_exclusion_of_the_query(
     copy = await add_image(session, unit(base))  # identical vector: score 1.0
     await add_image(session, unit(-base))  # opposite: score -1.0
 
-    at_one = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=10,
-        threshold=1.0,
-    )
-    everything = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=10,
-        threshold=-1,
-    )
-    one = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=1,
-        threshold=-1,
-    )
+    at_one = await search(session, query, limit=10, threshold=1.0)
+    everything = await search(session, query, limit=10, threshold=-1)
+    one = await search(session, query, limit=1, threshold=-1)
 
     assert [match.id for match in at_one] == [copy]
     assert len(everything) == 2
@@ -131,30 +108,14 @@ async def test_limit_of_100_returns_100_results(session: AsyncSession) -> None:
         await add_image(session, unit(rng.standard_normal(DIMENSION)))
 
     await session.execute(text("SET LOCAL enable_seqscan = off"))  # make the planner use HNSW
-    matches = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=100,
-        threshold=-1,
-    )
+    matches = await search(session, query, limit=100, threshold=-1)
 
     assert len(matches) == 100
 
 
 async def test_unknown_query_image_raises_not_found(session: AsyncSession) -> None:
     with pytest.raises(ImageNotFound):
-        await vector_service.find_similar_images(
-            session,
-            uuid.uuid4(),
-            model=MODEL,
-            index=INDEX,
-            near_duplicate_threshold=0.9,
-            limit=5,
-            threshold=0.5,
-        )
+        await search(session, uuid.uuid4(), limit=5, threshold=0.5)
 
 
 async def test_only_embeddings_of_the_current_model_are_compared(
@@ -164,15 +125,7 @@ async def test_only_embeddings_of_the_current_model_are_compared(
     same_model = await add_image(session, unit(base + 0.5))
     await add_image(session, unit(base), model="older")  # identical vector, other model
 
-    matches = await vector_service.find_similar_images(
-        session,
-        query,
-        model=MODEL,
-        index=INDEX,
-        near_duplicate_threshold=0.9,
-        limit=10,
-        threshold=-1,
-    )
+    matches = await search(session, query, limit=10, threshold=-1)
 
     assert [match.id for match in matches] == [same_model]
 
@@ -182,12 +135,4 @@ async def test_a_query_image_from_another_model_is_reported_outdated(
 ) -> None:
     query = await add_image(session, unit(base), model="older")
     with pytest.raises(EmbeddingOutdated, match="reembed"):
-        await vector_service.find_similar_images(
-            session,
-            query,
-            model=MODEL,
-            index=INDEX,
-            near_duplicate_threshold=0.9,
-            limit=10,
-            threshold=-1,
-        )
+        await search(session, query, limit=10, threshold=-1)

@@ -1,5 +1,6 @@
 """Image endpoints: upload, read, list, similar, delete."""
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ from app.schemas.image import (
     SimilarImagesResponse,
 )
 from app.services import images, thumbnails, vector_service
+from app.services.embeddings import Embedder
 from app.services.errors import ImageFileMissing
 
 router = APIRouter()
@@ -142,21 +144,9 @@ async def find_similar_images(
     limit: SimilarLimit = None,
     threshold: Threshold = None,
 ) -> SimilarImagesResponse:
-    matches = await vector_service.find_similar_images(
-        session,
-        image_id,
-        model=embedder.name,
-        limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
-        threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
-        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
-        index=settings.vector_index,
-    )
-    return SimilarImagesResponse(
-        query_image_id=image_id,
-        similar_images=[SimilarImage.model_validate(match) for match in matches],
-        total_results=len(matches),
-        search_timestamp=datetime.now(UTC),
-    )
+    options = search_options(settings, embedder, limit, threshold)
+    matches = await vector_service.find_similar_images(session, image_id, options)
+    return similar_images_response(image_id, matches)
 
 
 @router.delete(
@@ -196,22 +186,11 @@ async def search_by_image(
         embedder=embedder,
         image_workers=image_workers,
     )
+    options = search_options(settings, embedder, limit, threshold)
     matches = await vector_service.find_images_like(
-        session,
-        analysed.embedding,
-        content_hash=analysed.content_hash,
-        model=embedder.name,
-        limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
-        threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
-        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
-        index=settings.vector_index,
+        session, analysed.embedding, analysed.content_hash, options
     )
-    return SimilarImagesResponse(
-        query_image_id=None,
-        similar_images=[SimilarImage.model_validate(match) for match in matches],
-        total_results=len(matches),
-        search_timestamp=datetime.now(UTC),
-    )
+    return similar_images_response(None, matches)
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -301,4 +280,27 @@ def upload_limits(settings: Settings) -> images.UploadLimits:
         max_pixels=settings.MAX_IMAGE_PIXELS,
         max_frames=settings.MAX_FRAMES,
         allowed_formats=settings.allowed_formats,
+    )
+
+
+def search_options(
+    settings: Settings, embedder: Embedder, limit: int | None, threshold: float | None
+) -> vector_service.SearchOptions:
+    return vector_service.SearchOptions(
+        model=embedder.name,
+        limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
+        threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
+        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
+        index=settings.vector_index,
+    )
+
+
+def similar_images_response(
+    query_image_id: uuid.UUID | None, matches: list[vector_service.SimilarMatch]
+) -> SimilarImagesResponse:
+    return SimilarImagesResponse(
+        query_image_id=query_image_id,
+        similar_images=[SimilarImage.model_validate(match) for match in matches],
+        total_results=len(matches),
+        search_timestamp=datetime.now(UTC),
     )
