@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from PIL import Image as PILImage
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import URL, make_url
@@ -78,7 +79,9 @@ class Settings(BaseSettings):
 
     # Uploads
     MAX_FILE_SIZE: int = Field(default=10 * 1024 * 1024, gt=0)
-    MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0)
+    # At most Pillow's decompression-bomb threshold: every image Pillow would warn about is
+    # refused by our own check, from its header, before anything is decoded.
+    MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0, le=PILImage.MAX_IMAGE_PIXELS or 2**31)
     MAX_FRAMES: int = Field(default=100, ge=1, le=100_000)
     ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
 
