@@ -7,6 +7,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select
@@ -21,6 +22,7 @@ from app.services.embeddings import Embedder
 from app.services.errors import (
     EmptyFile,
     FileTooLarge,
+    ImageFileMissing,
     ImageNotFound,
     StorageFull,
     StorageUnavailable,
@@ -192,6 +194,16 @@ class ImageFilter:
     content_type: str | None = None
     uploaded_after: datetime | None = None
     uploaded_before: datetime | None = None
+
+
+async def get_stored_file(
+    session: AsyncSession, image_id: uuid.UUID, *, store: ImageStore
+) -> tuple[Image, Path]:
+    """The image's record and the path of its file (ImageFileMissing if the file is gone)."""
+    image = await get_image(session, image_id)
+    if image.file_path is None or not store.exists(image.file_path):
+        raise ImageFileMissing(image_id)
+    return image, store.absolute_path(image.file_path)
 
 
 async def list_images(

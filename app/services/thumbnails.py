@@ -30,17 +30,10 @@ def make_thumbnail(data: bytes, size: int, image_format: ThumbnailFormat) -> byt
 
 
 def cached_thumbnail(
-    store: ImageStore,
-    relative_path: str,
-    content_hash: str,
-    size: int,
-    image_format: ThumbnailFormat,
+    store: ImageStore, source: Path, content_hash: str, size: int, image_format: ThumbnailFormat
 ) -> Path:
     """The cached thumbnail's path, made first if needed. Synchronous: run it off the loop."""
     target = store.thumbnail_path(content_hash, size, image_format)
     if not target.is_file():
-        thumbnail = make_thumbnail(
-            store.absolute_path(relative_path).read_bytes(), size, image_format
-        )
-        store.write_file(target, thumbnail)
+        store.write_file(target, make_thumbnail(source.read_bytes(), size, image_format))
     return target

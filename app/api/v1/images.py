@@ -35,7 +35,6 @@ from app.schemas.image import (
 )
 from app.services import images, thumbnails, vector_service
 from app.services.embeddings import Embedder
-from app.services.errors import ImageFileMissing
 
 router = APIRouter()
 
@@ -193,11 +192,14 @@ async def search_by_image(
     return similar_images_response(None, matches)
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def _not_modified(if_none_match: str | None, etag: str) -> Response | None:
+    """A 304 when the client already has this version (If-None-Match names the ETag)."""
     if not if_none_match:
-        return False
+        return None
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
+    if "*" in candidates or etag in candidates:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    return None
 
 
 _FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400"}
@@ -222,14 +224,12 @@ async def get_image_file(
     store: ImageStoreDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image = await images.get_image(session, image_id)
+    image, path = await images.get_stored_file(session, image_id, store=store)
     etag = f'"{image.content_hash}"'
-    if _etag_matches(if_none_match, etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    if image.file_path is None or not store.exists(image.file_path):
-        raise ImageFileMissing(image_id)
+    if not_modified := _not_modified(if_none_match, etag):
+        return not_modified
     return FileResponse(
-        store.absolute_path(image.file_path),
+        path,
         media_type=image.content_type,
         filename=image.filename,
         content_disposition_type="inline",
@@ -259,18 +259,18 @@ async def get_thumbnail(
     format: Annotated[thumbnails.ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image = await images.get_image(session, image_id)
+    image, source = await images.get_stored_file(session, image_id, store=store)
     etag = f'"{image.content_hash}-{size}-{format}"'
-    if _etag_matches(if_none_match, etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    if image.file_path is None or not store.exists(image.file_path):
-        raise ImageFileMissing(image_id)
+    if not_modified := _not_modified(if_none_match, etag):
+        return not_modified
     async with image_workers:
-        path = await run_in_threadpool(
-            thumbnails.cached_thumbnail, store, image.file_path, image.content_hash, size, format
+        thumbnail = await run_in_threadpool(
+            thumbnails.cached_thumbnail, store, source, image.content_hash, size, format
         )
     return FileResponse(
-        path, media_type=thumbnails.MEDIA_TYPES[format], headers={"ETag": etag, **_FILE_HEADERS}
+        thumbnail,
+        media_type=thumbnails.MEDIA_TYPES[format],
+        headers={"ETag": etag, **_FILE_HEADERS},
     )
 
 
