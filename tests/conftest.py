@@ -9,10 +9,16 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.core.config import Settings
-from app.core.database import apply_schema, create_engine, get_read_session, get_session
+from app.core.database import (
+    apply_schema,
+    create_engine,
+    get_read_connection,
+    get_read_session,
+    get_session,
+)
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
 from app.core.vector_index import ensure_vector_index, search_settings
 from app.main import create_app
@@ -106,6 +112,11 @@ def build_app(settings: Settings, session: AsyncSession) -> FastAPI:
 
     app.dependency_overrides[get_session] = override_session
     app.dependency_overrides[get_read_session] = override_session
+
+    async def override_connection() -> AsyncIterator[AsyncConnection]:
+        yield await session.connection()
+
+    app.dependency_overrides[get_read_connection] = override_connection
     app.state.image_store.prepare()
     return app
 

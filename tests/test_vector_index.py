@@ -9,7 +9,7 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings, VectorIndexConfig
-from app.core.database import apply_schema, create_engine, create_sessionmaker
+from app.core.database import apply_schema, create_engine
 from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
     ensure_vector_index,
@@ -122,13 +122,12 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
     ids = await copy_vectors(dsn(url), vectors, model=MODEL)
     await ensure_vector_index(engine, index)
     scores = vectors @ vectors.T
-    sessionmaker = create_sessionmaker(engine)
 
     for query in range(0, 600, 60):
         for limit, threshold in ((10, -1.0), (5, 0.8), (100, 0.85), (3, 0.999)):
-            async with sessionmaker() as session:
+            async with engine.connect() as connection:
                 matches = await vector_service.find_similar_images(
-                    session,
+                    connection,
                     ids[query],
                     vector_service.SearchOptions(MODEL, limit, threshold, 0.9, index),
                 )

@@ -10,6 +10,7 @@ from fastapi import Request
 from sqlalchemy import URL, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -141,16 +142,23 @@ async def prepare_vector_index(
     return status
 
 
-def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for requests that only read: autocommit, so a read costs its own round trips
-    only (no BEGIN and ROLLBACK around it)."""
-    return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool for requests that only read: autocommit, so a read costs its own round
+    trips only (no BEGIN and ROLLBACK around it)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
         yield session
+
+
+async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A bare autocommit connection, for the similarity searches: cheaper than a session."""
+    engine: AsyncEngine = request.app.state.read_engine
+    async with engine.connect() as connection:
+        yield connection
 
 
 async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:

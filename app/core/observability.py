@@ -71,13 +71,22 @@ class ObservabilityMiddleware:
         self.metrics = metrics
         self._route_paths = routes
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
+        self._by_route: dict[int, str] = {}
 
-    def _route(self, path: str) -> str:
-        """The route template a path belongs to (`/api/v1/images/{image_id}`): metrics and
-        logs group by it, so ids never multiply the series."""
-        if self._templates is None:
-            self._templates = [(compile_path(route)[0], route) for route in self._route_paths()]
-        return next((route for regex, route in self._templates if regex.match(path)), "unmatched")
+    def _route(self, scope: Scope) -> str:
+        """The route template a request belongs to (`/api/v1/images/{image_id}`): metrics and
+        logs group by it, so ids never multiply the series. Looked up once per route."""
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        template = self._by_route.get(id(route))
+        if template is None:
+            if self._templates is None:
+                self._templates = [(compile_path(path)[0], path) for path in self._route_paths()]
+            path = scope["path"]
+            template = next((t for regex, t in self._templates if regex.match(path)), "unmatched")
+            self._by_route[id(route)] = template
+        return template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,7 +118,7 @@ class ObservabilityMiddleware:
             request_id_var.reset(token)
 
     def _record(self, scope: Scope, status: int, seconds: float, received: int) -> None:
-        route = self._route(scope["path"])
+        route = self._route(scope)
         method = scope["method"]
         self.metrics.requests.labels(method, route, str(status)).inc()
         self.metrics.latency.labels(method, route).observe(seconds)

@@ -10,7 +10,7 @@ from typing import Literal, cast
 import asyncpg
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import VectorIndexConfig
 from app.core.vector_index import indexed_expression, query_expression
@@ -116,20 +116,20 @@ def _matches(
     return found
 
 
-async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
-    # The hot path goes straight through asyncpg on the session's own connection (and
-    # transaction): SQLAlchemy's statement handling costs a sizeable share of a search here.
-    connection = await (await session.connection()).get_raw_connection()
-    return cast(asyncpg.Connection, connection.driver_connection)
+async def _driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
+    # The hot path goes straight through asyncpg on the pooled connection (and its transaction,
+    # if any): SQLAlchemy's statement handling costs a sizeable share of a search here.
+    raw = await connection.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 async def find_similar_images(
-    session: AsyncSession, image_id: uuid.UUID, options: SearchOptions
+    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
     never including the query image itself."""
-    connection = await _driver_connection(session)
-    rows = await connection.fetch(
+    driver = await _driver_connection(connection)
+    rows = await driver.fetch(
         nearest_images_sql(options.index),
         image_id,
         options.model,
@@ -149,11 +149,14 @@ async def find_similar_images(
 
 
 async def find_images_like(
-    session: AsyncSession, vector: NDArray[np.float32], content_hash: str, options: SearchOptions
+    connection: AsyncConnection,
+    vector: NDArray[np.float32],
+    content_hash: str,
+    options: SearchOptions,
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector and hash)."""
-    connection = await _driver_connection(session)
-    rows = await connection.fetch(
+    driver = await _driver_connection(connection)
+    rows = await driver.fetch(
         nearest_to_vector_sql(options.index),
         "[" + ",".join(map(repr, vector.tolist())) + "]",
         options.model,

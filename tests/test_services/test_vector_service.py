@@ -56,7 +56,7 @@ async def search(
     options = vector_service.SearchOptions(
         model=MODEL, limit=limit, threshold=threshold, near_duplicate_threshold=0.9, index=INDEX
     )
-    return await vector_service.find_similar_images(session, query, options)
+    return await vector_service.find_similar_images(await session.connection(), query, options)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from app.api.deps import (
     ImageWorkersDep,
     MetricsDep,
     PageLimit,
+    ReadConnectionDep,
     ReadSessionDep,
     SessionDep,
     SettingsDep,
@@ -137,14 +138,14 @@ async def get_image(image_id: ImageId, session: ReadSessionDep) -> ImageRead:
 )
 async def find_similar_images(
     image_id: ImageId,
-    session: ReadSessionDep,
+    connection: ReadConnectionDep,
     settings: SettingsDep,
     embedder: EmbedderDep,
     limit: SimilarLimit = None,
     threshold: Threshold = None,
 ) -> SimilarImagesResponse:
     options = search_options(settings, embedder, limit, threshold)
-    matches = await vector_service.find_similar_images(session, image_id, options)
+    matches = await vector_service.find_similar_images(connection, image_id, options)
     return similar_images_response(image_id, matches)
 
 
@@ -167,7 +168,7 @@ async def delete_image(image_id: ImageId, session: SessionDep, store: ImageStore
 )
 async def search_by_image(
     file: Annotated[UploadFile, File(description="The image to search with; it is not stored")],
-    session: ReadSessionDep,
+    connection: ReadConnectionDep,
     settings: SettingsDep,
     embedder: EmbedderDep,
     image_workers: ImageWorkersDep,
@@ -187,7 +188,7 @@ async def search_by_image(
     )
     options = search_options(settings, embedder, limit, threshold)
     matches = await vector_service.find_images_like(
-        session, analysed.embedding, analysed.content_hash, options
+        connection, analysed.embedding, analysed.content_hash, options
     )
     return similar_images_response(None, matches)
 
