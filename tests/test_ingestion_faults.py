@@ -138,7 +138,12 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
                     process.resume()
 
             await asyncio.gather(uploader(0), uploader(1), uploader(2), faults())
-            ready = await client.get("/api/v1/health/ready")
+            # The service comes back by itself: no restart, just a little patience.
+            for _ in range(150):
+                ready = await client.get("/api/v1/health/ready")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
             # Whatever was refused during the faults can simply be sent again.
             retried = [
                 await client.post("/api/v1/images/upload", files={"file": ("r.jpg", pictures[n])})
