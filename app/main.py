@@ -22,7 +22,7 @@ from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import autocommit, create_sessionmaker, open_database
-from app.core.observability import Metrics, ObservabilityMiddleware
+from app.core.observability import Metrics, ObservabilityMiddleware, route_templates
 from app.services.consistency import check_storage
 from app.services.embeddings import Embedder, create_embedder
 from app.services.errors import (
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Outermost, so every response, errors included, is counted, logged and given its id.
     app.add_middleware(
-        ObservabilityMiddleware, metrics=app.state.metrics, routes=lambda: _route_paths(app)
+        ObservabilityMiddleware, metrics=app.state.metrics, routes=lambda: route_templates(app)
     )
     app.include_router(images.router, prefix="/api/v1/images", tags=["images"])
     app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
@@ -154,11 +154,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     _add_error_handlers(app)
     return app
-
-
-def _route_paths(app: FastAPI) -> list[str]:
-    documented = list(app.openapi()["paths"])
-    return documented + [path for route in app.routes if (path := getattr(route, "path", None))]
 
 
 def _error(request: Request, status: int, detail: str, code: str, **extra: object) -> JSONResponse:

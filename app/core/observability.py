@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import compile_path
@@ -58,6 +59,12 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.images = Gauge("images_stored", "Images stored", registry=self.registry)
+
+
+def route_templates(app: FastAPI) -> list[str]:
+    """Every path template the app serves (the documented API, the docs pages, the page)."""
+    documented = list(app.openapi()["paths"])
+    return documented + [path for route in app.routes if (path := getattr(route, "path", None))]
 
 
 def _request_id(headers: Headers) -> str:
