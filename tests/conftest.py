@@ -99,6 +99,15 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings.model_validate(values)
 
 
+async def settings_on_new_database(
+    create_database: "DatabaseFactory", tmp_path: Path, name: str, **overrides: object
+) -> tuple[Settings, URL]:
+    """Settings for an app on a fresh, empty database `name` of the test server."""
+    url = await create_database(name)
+    database_url = url.render_as_string(hide_password=False)
+    return make_settings(tmp_path, DATABASE_URL=database_url, **overrides), url
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import jpeg_bytes
 from tests.live_server import live_server
 
@@ -22,8 +22,7 @@ EXAMPLES_PER_OPERATION = 20
 async def test_every_operation_matches_its_schema_and_never_fails(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("schemathesis")
-    app_settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    app_settings, _ = await settings_on_new_database(create_database, tmp_path, "schemathesis")
     with live_server(app_settings) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as client:
             # Something stored, so the image routes are exercised beyond their 404s.

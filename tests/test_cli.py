@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import encode, scene
 from tests.live_server import live_server
 from tests.test_reembed import run_cli
@@ -12,8 +12,7 @@ from tests.test_reembed import run_cli
 async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("cli_import")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "cli_import")
     photos = tmp_path / "photos"
     (photos / "nested").mkdir(parents=True)
     (photos / "a.jpg").write_bytes(encode(scene(seed=1), "JPEG"))
@@ -47,8 +46,7 @@ async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(
 async def test_search_prints_the_most_similar_images_as_a_table(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("cli_search")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "cli_search")
     original = scene(640, 480, seed=1)
     stored = tmp_path / "stored"
     stored.mkdir()

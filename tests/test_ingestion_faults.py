@@ -21,7 +21,7 @@ from app.core.embedded_postgres import EmbeddedPostgres
 from app.models.image import Image
 from app.services.consistency import check_storage
 from app.services.storage import ImageStore
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, make_settings, settings_on_new_database
 from tests.images import encode, jpeg_bytes, scene
 from tests.live_server import free_port, live_server
 
@@ -45,8 +45,7 @@ async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], li
 async def test_concurrent_identical_uploads_store_one_row_and_one_file(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("faults_duplicates")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, url = await settings_on_new_database(create_database, tmp_path, "faults_duplicates")
     data = jpeg_bytes(300, 200)
     with live_server(settings) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -67,8 +66,7 @@ async def test_concurrent_identical_uploads_store_one_row_and_one_file(
 async def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("faults_disconnect")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, url = await settings_on_new_database(create_database, tmp_path, "faults_disconnect")
     body = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
         + jpeg_bytes(800, 600)

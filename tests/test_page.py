@@ -10,7 +10,7 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import encode, scene
 from tests.live_server import live_server
 
@@ -47,8 +47,7 @@ async def test_upload_see_the_near_duplicate_and_delete_in_a_browser(
 ) -> None:
     from playwright.async_api import async_playwright
 
-    url = await create_database("browser")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "browser")
     original = scene(640, 480, seed=1)
     photo = tmp_path / "holiday.jpg"
     photo.write_bytes(encode(original, "JPEG", quality=90))

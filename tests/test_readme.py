@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import jpeg_bytes
 from tests.live_server import live_server
 
@@ -24,8 +24,7 @@ def tried_commands() -> str:
 async def test_readme_curl_examples_run_as_written(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("readme")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "readme")
     (tmp_path / "sample_image.jpg").write_bytes(jpeg_bytes(320, 240))
     commands = tried_commands()
     assert "curl -X POST" in commands and "$ID/similar?limit=5&threshold=0.8" in commands

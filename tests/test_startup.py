@@ -12,7 +12,7 @@ from app.core.config import Settings
 from app.core.database import INIT_SQL_PATH, create_engine
 from app.main import create_app
 from app.services.errors import SchemaMismatch
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, make_settings, settings_on_new_database
 from tests.images import jpeg_bytes
 
 
@@ -24,8 +24,7 @@ def test_init_sql_vector_dimension_matches_the_configured_default() -> None:
 async def test_startup_creates_the_schema_on_an_empty_database_and_is_idempotent(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("startup_empty")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, url = await settings_on_new_database(create_database, tmp_path, "startup_empty")
     app = create_app(settings)
 
     for _ in range(2):  # a second start on the now-initialised database changes nothing

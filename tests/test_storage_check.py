@@ -9,7 +9,7 @@ from httpx import ASGITransport, AsyncClient
 from app.core.database import create_engine, create_sessionmaker
 from app.main import create_app
 from app.models.image import Image
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import jpeg_bytes
 from tests.test_reembed import run_cli
 
@@ -22,8 +22,7 @@ def age(path: Path, seconds: float) -> None:
 async def test_check_reports_and_repairs_orphans_and_missing_files(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("storage_check")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, url = await settings_on_new_database(create_database, tmp_path, "storage_check")
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
@@ -73,8 +72,7 @@ async def test_check_reports_and_repairs_orphans_and_missing_files(
 async def test_startup_sweep_removes_old_leftovers_but_not_fresh_files(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    url = await create_database("storage_sweep")
-    settings = make_settings(tmp_path, DATABASE_URL=url.render_as_string(hide_password=False))
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "storage_sweep")
     staging = settings.image_dir / ".staging"
     staging.mkdir(parents=True)
     old, fresh = staging / "old.part", staging / "fresh.part"
