@@ -72,7 +72,6 @@ HTTP_ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    413: "file_too_large",
     415: "unsupported_media_type",
 }
 

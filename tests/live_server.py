@@ -1,6 +1,5 @@
 """The app served by a real uvicorn on a free loopback port, for tests that need real HTTP."""
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,13 +9,7 @@ import uvicorn
 
 from app.core.config import Settings
 from app.main import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from bench.harness import free_port
 
 
 @contextmanager

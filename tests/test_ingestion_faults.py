@@ -21,9 +21,10 @@ from app.core.embedded_postgres import EmbeddedPostgres
 from app.models.image import Image
 from app.services.consistency import check_storage
 from app.services.storage import ImageStore
+from bench.harness import free_port
 from tests.conftest import DatabaseFactory, make_settings, settings_on_new_database
 from tests.images import encode, jpeg_bytes, scene
-from tests.live_server import free_port, live_server
+from tests.live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

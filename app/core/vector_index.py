@@ -74,13 +74,18 @@ def default_lists(rows: int) -> int:
     return max(1, rows // 1000 if rows <= 1_000_000 else int(math.sqrt(rows)))
 
 
-async def _current_definition(connection: AsyncConnection) -> str | None:
-    definition = await connection.scalar(
-        text("SELECT obj_description(to_regclass(:name), 'pg_class')"), {"name": INDEX_NAME}
-    )
-    exists = await connection.scalar(
-        text("SELECT to_regclass(:name) IS NOT NULL"), {"name": INDEX_NAME}
-    )
+async def describe_vector_index(connection: AsyncConnection) -> str | None:
+    """What the vector index is (its comment, e.g. "hnsw storage=vector m=16 ..."), "unknown"
+    for an index made by hand, None when there is none. One round trip."""
+    exists, definition = (
+        await connection.execute(
+            text(
+                "SELECT to_regclass(:name) IS NOT NULL, "
+                "obj_description(to_regclass(:name), 'pg_class')"
+            ),
+            {"name": INDEX_NAME},
+        )
+    ).one()
     return (definition or "unknown") if exists else None
 
 
@@ -101,7 +106,7 @@ async def ensure_vector_index(
 async def _reconcile(
     connection: AsyncConnection, config: VectorIndexConfig, *, rebuild: bool
 ) -> IndexStatus:
-    current = await _current_definition(connection)
+    current = await describe_vector_index(connection)
     if config.kind == "none":
         if current is None:
             return IndexStatus("absent", None)
@@ -144,7 +149,3 @@ async def _reconcile(
     await connection.execute(text(f"ALTER INDEX {_BUILD_NAME} RENAME TO {INDEX_NAME}"))
     await connection.execute(text(f"COMMENT ON INDEX {INDEX_NAME} IS '{definition}'"))
     return IndexStatus("built", definition)
-
-
-async def describe_vector_index(connection: AsyncConnection) -> str | None:
-    return await _current_definition(connection)

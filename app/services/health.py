@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.vector_index import INDEX_NAME
+from app.core.vector_index import describe_vector_index
 from app.services.images import count_by_model
 
 CHECK_TIMEOUT_SECONDS = 3.0
@@ -41,10 +41,7 @@ async def inspect_database(session: AsyncSession) -> DatabaseStatus:
                 text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             )
             images_by_model = await count_by_model(session)
-            vector_index = await session.scalar(
-                text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
-                {"name": INDEX_NAME},
-            )
+            vector_index = await describe_vector_index(await session.connection())
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class name only: driver messages can carry hosts, paths or SQL.
         return DatabaseStatus(available=False, error=type(exc).__name__)

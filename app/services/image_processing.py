@@ -46,7 +46,8 @@ _EXIF_IFD_TEXT_TAGS = {
     ExifTags.Base.DateTimeOriginal: "taken_at",
     ExifTags.Base.LensModel: "lens_model",
 }
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# PostgreSQL rejects NUL in text and JSONB; no control character is meaningful in metadata.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_METADATA_TEXT = 128
 
 
@@ -179,6 +180,5 @@ def _clean_text(value: object) -> str | None:
         value = value.decode("latin-1")
     if not isinstance(value, str):
         return None
-    # PostgreSQL JSONB rejects NUL characters; control characters are never meaningful here.
-    text = _CONTROL_CHARACTERS.sub("", value).strip()
+    text = CONTROL_CHARACTERS.sub("", value).strip()
     return text[:_MAX_METADATA_TEXT] or None

@@ -3,7 +3,6 @@
 import asyncio
 import errno
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,13 +26,12 @@ from app.services.errors import (
     StorageFull,
     StorageUnavailable,
 )
-from app.services.image_processing import AnalysedImage, analyse_image
+from app.services.image_processing import CONTROL_CHARACTERS, AnalysedImage, analyse_image
 from app.services.storage import ImageStore
 
 logger = logging.getLogger(__name__)
 
 _MAX_FILENAME_LENGTH = 255
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class IngestResult:
 
 
 def clean_original_filename(filename: str | None) -> str:
-    return _CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
+    return CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
 
 
 def safe_filename(filename: str | None, extension: str) -> str:
