@@ -2,7 +2,7 @@
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     def embedded_pgdata_dir(self) -> Path:
         return self.data_dir / "postgres"
 
-    @property
+    @cached_property  # read on every search: built once
     def vector_index(self) -> "VectorIndexConfig":
         return VectorIndexConfig(
             kind=self.VECTOR_INDEX,
