@@ -21,7 +21,12 @@ from app.api import info, metrics, page
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
-from app.core.database import autocommit, create_sessionmaker, open_database
+from app.core.database import (
+    autocommit,
+    create_sessionmaker,
+    open_database,
+    open_search_pool,
+)
 from app.core.observability import Metrics, ObservabilityMiddleware, route_templates
 from app.services.consistency import check_storage
 from app.services.embeddings import Embedder, create_embedder
@@ -80,12 +85,15 @@ HTTP_ERROR_CODES = {
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     embedder: Embedder = app.state.embedder
-    async with open_database(settings) as engine:
+    async with (
+        open_database(settings) as engine,
+        open_search_pool(engine.url, settings) as search_pool,
+    ):
         await run_in_threadpool(app.state.image_store.prepare)
         app.state.engine = engine
+        app.state.search_pool = search_pool
         app.state.sessionmaker = create_sessionmaker(engine)
-        app.state.read_engine = autocommit(engine)
-        app.state.read_sessionmaker = create_sessionmaker(app.state.read_engine)
+        app.state.read_sessionmaker = create_sessionmaker(autocommit(engine))
         async with app.state.sessionmaker() as session:
             stale = await count_stale_embeddings(session, model=embedder.name)
             storage = await check_storage(session, store=app.state.image_store, repair=True)

@@ -4,7 +4,9 @@ transaction per test, and the app served in-process through httpx's ASGITranspor
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
+import asyncpg
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
@@ -15,8 +17,8 @@ from app.core.config import Settings
 from app.core.database import (
     apply_schema,
     create_engine,
-    get_read_connection,
     get_read_session,
+    get_search_connection,
     get_session,
 )
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
@@ -113,6 +115,12 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
+async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a SQLAlchemy one (and inside its transaction, if any)."""
+    raw = await connection.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
+
+
 def build_app(settings: Settings, session: AsyncSession) -> FastAPI:
     app = create_app(settings)
 
@@ -122,10 +130,10 @@ def build_app(settings: Settings, session: AsyncSession) -> FastAPI:
     app.dependency_overrides[get_session] = override_session
     app.dependency_overrides[get_read_session] = override_session
 
-    async def override_connection() -> AsyncIterator[AsyncConnection]:
-        yield await session.connection()
+    async def override_search_connection() -> AsyncIterator[asyncpg.Connection]:
+        yield await driver_connection(await session.connection())
 
-    app.dependency_overrides[get_read_connection] = override_connection
+    app.dependency_overrides[get_search_connection] = override_search_connection
     app.state.image_store.prepare()
     return app
 

@@ -150,6 +150,8 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
             ]
             accepted += [r.json()["id"] for r in retried if r.status_code == 201]
             found = [await client.get(f"/api/v1/images/{image_id}") for image_id in accepted]
+            # Searches run on a pool of their own; it too is back without a restart.
+            similar = await client.get(f"/api/v1/images/{accepted[-1]}/similar")
 
         dsn = EmbeddedPostgres(settings.embedded_pgdata_dir).start()  # the one running
         url = make_url(dsn).set(drivername="postgresql+asyncpg", database=settings.POSTGRES_DB)
@@ -159,6 +161,7 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
     assert ready.status_code == 200
     assert all(r.status_code in {200, 201} for r in retried)  # 200: it had been stored after all
     assert all(response.status_code == 200 for response in found)
+    assert similar.status_code == 200, similar.text
     assert len(set(accepted)) == len(accepted)
     assert rows == len(pictures)  # each picture stored exactly once
     assert (orphans, missing) == ([], [])  # every row has its file, every file its row

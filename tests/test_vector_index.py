@@ -17,7 +17,7 @@ from app.core.vector_index import (
 )
 from app.services import vector_service
 from bench.corpus import clustered_vectors, copy_vectors
-from tests.conftest import DatabaseFactory, make_settings
+from tests.conftest import DatabaseFactory, driver_connection, make_settings
 
 MODEL = "test"
 
@@ -127,7 +127,7 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
         for limit, threshold in ((10, -1.0), (5, 0.8), (100, 0.85), (3, 0.999)):
             async with engine.connect() as connection:
                 matches = await vector_service.find_similar_images(
-                    connection,
+                    await driver_connection(connection),
                     ids[query],
                     vector_service.SearchOptions(MODEL, limit, threshold, 0.9, index),
                 )

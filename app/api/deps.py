@@ -6,10 +6,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.database import get_read_connection, get_read_session, get_session
+from app.core.database import (
+    SearchConnection,
+    get_read_session,
+    get_search_connection,
+    get_session,
+)
 from app.core.observability import Metrics
 from app.services.embeddings import Embedder
 from app.services.errors import NotAuthorized
@@ -56,7 +61,8 @@ async def require_admin(request: Request) -> None:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
-ReadConnectionDep = Annotated[AsyncConnection, Depends(get_read_connection)]
+# Released as soon as the endpoint returns, before the response is serialised and sent.
+SearchConnectionDep = Annotated[SearchConnection, Depends(get_search_connection, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]

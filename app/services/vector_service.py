@@ -5,14 +5,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Literal, cast
+from typing import Literal
 
 import asyncpg
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import VectorIndexConfig
+from app.core.database import SearchConnection
 from app.core.vector_index import indexed_expression, query_expression
 from app.services.errors import EmbeddingOutdated, ImageNotFound
 
@@ -116,20 +116,12 @@ def _matches(
     return found
 
 
-async def _driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
-    # The hot path goes straight through asyncpg on the pooled connection (and its transaction,
-    # if any): SQLAlchemy's statement handling costs a sizeable share of a search here.
-    raw = await connection.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
-
-
 async def find_similar_images(
-    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
+    connection: SearchConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
     never including the query image itself."""
-    driver = await _driver_connection(connection)
-    rows = await driver.fetch(
+    rows = await connection.fetch(
         nearest_images_sql(options.index),
         image_id,
         options.model,
@@ -149,14 +141,13 @@ async def find_similar_images(
 
 
 async def find_images_like(
-    connection: AsyncConnection,
+    connection: SearchConnection,
     vector: NDArray[np.float32],
     content_hash: str,
     options: SearchOptions,
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector and hash)."""
-    driver = await _driver_connection(connection)
-    rows = await driver.fetch(
+    rows = await connection.fetch(
         nearest_to_vector_sql(options.index),
         "[" + ",".join(map(repr, vector.tolist())) + "]",
         options.model,

@@ -1,8 +1,10 @@
 """Health probes, /info, the documentation endpoints and the error shape of unknown routes."""
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
@@ -81,8 +83,12 @@ async def database_down_client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
 
     app.dependency_overrides[get_session] = dead_session
     app.dependency_overrides[get_read_session] = dead_session
+    app.state.search_pool = await asyncpg.create_pool(
+        "postgresql://postgres@127.0.0.1:9/nothing", min_size=0
+    )
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
         yield client
+    await app.state.search_pool.close()
     await engine.dispose()
 
 
@@ -103,11 +109,13 @@ async def test_probes_with_the_database_down(database_down_client: AsyncClient) 
 async def test_image_endpoints_with_the_database_down_answer_503(
     database_down_client: AsyncClient,
 ) -> None:
-    response = await database_down_client.get("/api/v1/images/")
+    listing = await database_down_client.get("/api/v1/images/")
+    similar = await database_down_client.get(f"/api/v1/images/{uuid.uuid4()}/similar")
 
-    assert response.status_code == 503
-    assert response.json()["code"] == "database_unavailable"
-    assert response.headers["retry-after"].isdigit()
+    for response in (listing, similar):
+        assert response.status_code == 503
+        assert response.json()["code"] == "database_unavailable"
+        assert response.headers["retry-after"].isdigit()
 
 
 async def test_info_reports_limits_formats_and_embedding(client: AsyncClient) -> None:

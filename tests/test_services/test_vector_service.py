@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.models.image import Image
 from app.services import vector_service
 from app.services.errors import EmbeddingOutdated, ImageNotFound
+from tests.conftest import driver_connection
 
 DIMENSION = 512
 MODEL = "test"
@@ -56,7 +57,8 @@ async def search(
     options = vector_service.SearchOptions(
         model=MODEL, limit=limit, threshold=threshold, near_duplicate_threshold=0.9, index=INDEX
     )
-    return await vector_service.find_similar_images(await session.connection(), query, options)
+    connection = await driver_connection(await session.connection())
+    return await vector_service.find_similar_images(connection, query, options)
 
 
 @pytest.fixture

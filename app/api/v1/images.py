@@ -16,8 +16,8 @@ from app.api.deps import (
     ImageWorkersDep,
     MetricsDep,
     PageLimit,
-    ReadConnectionDep,
     ReadSessionDep,
+    SearchConnectionDep,
     SessionDep,
     SettingsDep,
     SimilarLimit,
@@ -138,7 +138,7 @@ async def get_image(image_id: ImageId, session: ReadSessionDep) -> ImageRead:
 )
 async def find_similar_images(
     image_id: ImageId,
-    connection: ReadConnectionDep,
+    connection: SearchConnectionDep,
     settings: SettingsDep,
     embedder: EmbedderDep,
     limit: SimilarLimit = None,
@@ -168,7 +168,7 @@ async def delete_image(image_id: ImageId, session: SessionDep, store: ImageStore
 )
 async def search_by_image(
     file: Annotated[UploadFile, File(description="The image to search with; it is not stored")],
-    connection: ReadConnectionDep,
+    connection: SearchConnectionDep,
     settings: SettingsDep,
     embedder: EmbedderDep,
     image_workers: ImageWorkersDep,
