@@ -37,6 +37,12 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def serve(arguments: argparse.Namespace) -> None:
     settings = get_settings()
     require_embedder_dependencies(settings.EMBEDDING_MODEL)
+    if settings.WORKERS > 1 and settings.external_database_url() is None:
+        # Each worker would start and stop the embedded server on its own.
+        sys.exit(
+            "error: WORKERS > 1 needs a PostgreSQL of its own (set DATABASE_URL); "
+            "the embedded one serves a single worker"
+        )
     level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
     configure_logging(level, settings.LOG_FORMAT)
     uvicorn.run(
@@ -44,6 +50,9 @@ def serve(arguments: argparse.Namespace) -> None:
         factory=True,
         host=settings.HOST,
         port=settings.PORT,
+        # Python runs one thread at a time per process: worker processes let uploads (request
+        # parsing, hashing, SQL, files) use every core, beside the decoding threads.
+        workers=settings.WORKERS,
         log_level=level.lower(),
         # The service logs each request itself (with its id); uvicorn keeps to its own news.
         log_config=None,

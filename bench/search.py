@@ -18,13 +18,19 @@ import argparse
 import asyncio
 import os
 import time
+from contextlib import AsyncExitStack
 
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
 from app.core.config import Settings
-from app.core.database import apply_schema, create_engine, prepare_vector_index
+from app.core.database import (
+    apply_schema,
+    create_engine,
+    open_search_pool,
+    prepare_vector_index,
+)
 from app.core.vector_index import (
     INDEX_NAME,
     indexed_expression,
@@ -50,7 +56,8 @@ QUERIES = 200
 async def run(rows: int) -> None:
     settings = Settings()
     index = settings.vector_index
-    with postgres_server() as server_dsn:
+    async with AsyncExitStack() as stack:
+        server_dsn = stack.enter_context(postgres_server())
         url = await fresh_database(server_dsn, "image_bench_search")
         dsn = libpq_dsn(url)
         engine = create_engine(url, server_settings=search_settings(index))
@@ -97,8 +104,11 @@ async def run(rows: int) -> None:
         rng = np.random.default_rng(2)
         query_ids = [ids[i] for i in rng.choice(rows, size=QUERIES, replace=False)]
 
+        # The raw query on a pool configured as the service's own search pool.
+        search_pool = await stack.enter_async_context(open_search_pool(url, settings))
+
         async def sql_call(number: int, threshold: float = -1.0) -> object:
-            return await pool.fetch(
+            return await search_pool.fetch(
                 search, query_ids[number % QUERIES], MODEL, 11, 1 - threshold, 10
             )
 

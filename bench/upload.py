@@ -2,12 +2,14 @@
 the service stays meanwhile.
 
 For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
-- HTTP: POST /api/v1/images/upload to the app running in its own process (every upload a
-  distinct file, so each one is decoded, embedded, written, fsynced and inserted);
+- HTTP: POST /api/v1/images/upload to the app running in its own processes (`WORKERS`, default
+  one per core; every upload a distinct file, so each one is decoded, embedded, written,
+  fsynced and inserted);
 - in-process: the same validate + decode + embed work (`analyse_image`) on as many threads;
 - the p99 latency of GET /api/v1/health/live, polled while the HTTP uploads run.
 
     .venv/bin/python -m bench.upload
+    WORKERS=1 .venv/bin/python -m bench.upload      # a single server process
 """
 
 import asyncio
@@ -121,7 +123,12 @@ async def run() -> None:
     rows = []
     with postgres_server() as server_dsn:
         url = await fresh_database(server_dsn, "image_bench_upload")
-        environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+        # One server process per core, as the README advises with a database of one's own.
+        environment = {
+            "DATABASE_URL": url.render_as_string(hide_password=False),
+            "WORKERS": os.environ.get("WORKERS", str(os.cpu_count() or 1)),
+        }
+        print(f"app: WORKERS={environment['WORKERS']}", flush=True)
         async with running_app(environment) as base_url, KeepAliveClient(base_url, 9) as client:
             for size, (width, height) in SIZES.items():
                 jpeg = photo_jpeg(width, height)

@@ -1,12 +1,18 @@
-"""`python -m app import` and `search` against a running app on a free port."""
+"""`python -m app import`, `search` and `serve` against a running app on a free port."""
 
+import asyncio
 import os
+import sys
 from pathlib import Path
 
+import httpx
+import psutil
+
+from bench.harness import free_port
 from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import encode, scene
 from tests.live_server import live_server
-from tests.test_reembed import run_cli
+from tests.test_reembed import ROOT, run_cli
 
 
 async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(
@@ -76,3 +82,62 @@ async def test_every_command_has_help() -> None:
     for command in ("serve", "reembed", "reindex", "check", "import", "search"):
         code, text = await run_cli([command, "--help"], dict(os.environ), stream="stdout")
         assert code == 0 and "usage: python -m app" in text
+
+
+async def test_serve_with_several_workers_shares_one_database(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    _, url = await settings_on_new_database(create_database, tmp_path, "cli_workers")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "WORKERS": "2",
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_LEVEL": "WARNING",
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "serve", cwd=ROOT, env=environment
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(300):
+                try:
+                    if (await client.get("/api/v1/health/ready")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            workers = [
+                child
+                for child in psutil.Process(server.pid).children()
+                if "multiprocessing" in " ".join(child.cmdline())
+            ]
+            uploads = await asyncio.gather(
+                *(
+                    client.post(
+                        "/api/v1/images/upload",
+                        files={"file": (f"{n}.jpg", encode(scene(seed=n), "JPEG"))},
+                    )
+                    for n in range(6)
+                )
+            )
+            listing = (await client.get("/api/v1/images/")).json()
+    finally:
+        server.terminate()
+        await server.wait()
+
+    assert len(workers) >= 2
+    assert [response.status_code for response in uploads] == [201] * 6
+    assert listing["total"] == 6
+
+
+async def test_several_workers_need_a_database_of_their_own(tmp_path: Path) -> None:
+    environment = {**os.environ, "WORKERS": "2", "DATA_DIR": str(tmp_path / "data")}
+    environment.pop("DATABASE_URL", None)
+
+    code, message = await run_cli(["serve"], environment)
+
+    assert code == 1
+    assert "WORKERS > 1 needs a PostgreSQL of its own (set DATABASE_URL)" in message

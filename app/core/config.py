@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     INDEX_BUILD_MEMORY: str = Field(default="1GB", pattern=r"^\d+\s*(kB|MB|GB)$")
 
     # Concurrency
+    WORKERS: int = Field(default=1, ge=1, le=64)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
     IMAGE_WORKERS: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256)
