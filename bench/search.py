@@ -2,9 +2,10 @@
 
 Loads N clustered vectors with COPY, builds the configured index, then
 - recall@10 of held-out query vectors against exact (numpy) search;
-- p50/p95/p99 latency of the service's own search statement run through asyncpg, and of
-  GET /similar on the app running in its own process (a minimal keep-alive HTTP client), at
-  concurrency 1 and 8, for the same stored query images;
+- p50/p95/p99 latency of the service's own search statement run through asyncpg (on a pool
+  set up as the service's search pool), and of GET /similar on the app running in its own
+  process (a minimal keep-alive HTTP client), at concurrency 1 and 8, for the same stored query
+  images, the two taking turns in blocks of 200 calls;
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one.
 
     .venv/bin/python -m bench.search --rows 100000
@@ -51,6 +52,7 @@ from bench.harness import (
 
 MODEL = "perceptual"  # the service's default model, so /similar compares these rows
 QUERIES = 200
+BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
 
 
 async def run(rows: int) -> None:
@@ -115,12 +117,6 @@ async def run(rows: int) -> None:
         async def sql_call_nothing_passes(number: int) -> object:
             return await sql_call(number, threshold=0.999)
 
-        report: dict[str, list[float]] = {}
-        for concurrency in (1, 8):
-            await latencies(sql_call, QUERIES, concurrency)  # warm the caches
-            report[f"sql c={concurrency}"] = await latencies(sql_call, 1000, concurrency)
-        report["sql nothing passes c=1"] = await latencies(sql_call_nothing_passes, 1000, 1)
-
         environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
         async with running_app(environment) as base_url, KeepAliveClient(base_url, 8) as client:
 
@@ -130,9 +126,22 @@ async def run(rows: int) -> None:
                 assert status == 200, body
                 return body
 
+            # SQL and HTTP take turns in blocks, so that both see the same (shared, drifting)
+            # machine; each statistic pools all its blocks.
+            calls = {
+                "sql": sql_call,
+                "sql nothing passes": sql_call_nothing_passes,
+                "http": http_call,
+            }
+            report: dict[str, list[float]] = {}
             for concurrency in (1, 8):
-                await latencies(http_call, QUERIES, concurrency)
-                report[f"http c={concurrency}"] = await latencies(http_call, 1000, concurrency)
+                for call in calls.values():
+                    await latencies(call, QUERIES, concurrency)  # warm the caches
+                for _ in range(BLOCKS):
+                    for name, call in calls.items():
+                        key = f"{name} c={concurrency}"
+                        block = await latencies(call, QUERIES, concurrency)
+                        report[key] = report.get(key, []) + block
         await pool.close()
 
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
