@@ -2,13 +2,15 @@
 
 import asyncio
 import errno
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +30,7 @@ from app.services.errors import (
 )
 from app.services.image_processing import CONTROL_CHARACTERS, AnalysedImage, analyse_image
 from app.services.storage import ImageStore
+from app.services.vector_service import vector_text
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ class UploadLimits:
 
 @dataclass(frozen=True)
 class IngestResult:
-    image: Image
+    image_id: uuid.UUID
+    filename: str
     created: bool
     analysis_seconds: float
 
@@ -109,39 +113,43 @@ async def ingest_image(
         data, limits=limits, embedder=embedder, image_workers=image_workers
     )
 
+    # Through SQLAlchemy, which also opens the session's transaction; the statements after it
+    # go straight to asyncpg in that transaction: the ORM's unit of work and statement handling
+    # cost about 1.7 ms of event-loop CPU per upload here, a third of all it spends on one.
     await session.execute(select(_lock_key(analysed.content_hash)))
-    existing = await session.scalar(
-        select(Image)
-        .options(defer(Image.embedding_vector))
-        .where(Image.content_hash == analysed.content_hash)
+    driver = await _driver_connection(session)
+    existing = await driver.fetchrow(
+        "SELECT id, filename FROM images WHERE content_hash = $1", analysed.content_hash
     )
     if existing is not None:
         await session.commit()
-        return IngestResult(image=existing, created=False, analysis_seconds=analysed.seconds)
+        return IngestResult(
+            existing["id"], existing["filename"], created=False, analysis_seconds=analysed.seconds
+        )
 
+    image_id = uuid.uuid4()
+    display_name = safe_filename(filename, analysed.extension)
     relative_path = store.relative_path(analysed.content_hash, analysed.extension)
     try:
         await _write_file(store, data, relative_path)
-        image = Image(
-            id=uuid.uuid4(),
-            filename=safe_filename(filename, analysed.extension),
-            original_filename=clean_original_filename(filename) or f"image{analysed.extension}",
-            content_type=analysed.content_type,
-            file_size=len(data),
-            file_path=relative_path,
-            content_hash=analysed.content_hash,
-            format=analysed.format,
-            width=analysed.width,
-            height=analysed.height,
-            upload_timestamp=received_at,
-            processed_timestamp=datetime.now(UTC),
-            embedding_vector=analysed.embedding,
-            embedding_model=embedder.name,
-            image_metadata=analysed.metadata,
-            processing_status="completed",
+        await driver.execute(
+            _INSERT_IMAGE,
+            image_id,
+            display_name,
+            clean_original_filename(filename) or f"image{analysed.extension}",
+            analysed.content_type,
+            len(data),
+            relative_path,
+            analysed.content_hash,
+            analysed.format,
+            analysed.width,
+            analysed.height,
+            received_at,
+            datetime.now(UTC),
+            vector_text(analysed.embedding),
+            embedder.name,
+            json.dumps(analysed.metadata),
         )
-        session.add(image)
-        await session.flush()
     except BaseException:
         _discard_file(store, relative_path)
         raise
@@ -151,7 +159,25 @@ async def ingest_image(
         if not _commit_outcome_unknown(exc):
             _discard_file(store, relative_path)
         raise
-    return IngestResult(image=image, created=True, analysis_seconds=analysed.seconds)
+    return IngestResult(image_id, display_name, created=True, analysis_seconds=analysed.seconds)
+
+
+_INSERT_IMAGE = """
+    INSERT INTO images (
+        id, filename, original_filename, content_type, file_size, file_path, content_hash,
+        format, width, height, upload_timestamp, processed_timestamp, embedding_vector,
+        embedding_model, metadata, processing_status
+    ) VALUES (
+        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::vector, $14, $15::jsonb,
+        'completed'
+    )
+"""
+
+
+async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:

@@ -76,8 +76,8 @@ async def upload_image(
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return ImageUploadResponse(
-        id=result.image.id,
-        filename=result.image.filename,
+        id=result.image_id,
+        filename=result.filename,
         message="Image uploaded and processed successfully"
         if result.created
         else "Image already stored; returning the existing record",
