@@ -1,5 +1,6 @@
 """The vector index follows VECTOR_INDEX and VECTOR_STORAGE, and searches use it."""
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings, VectorIndexConfig
-from app.core.database import apply_schema, create_engine
+from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
     ensure_vector_index,
@@ -139,3 +140,28 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
 
 def test_default_index_is_hnsw() -> None:
     assert Settings.model_fields["VECTOR_INDEX"].default == "hnsw"
+
+
+async def test_processes_starting_at_once_share_the_schema_and_index_work(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    """Several server processes (WORKERS, replicas) starting together on a database whose index
+    must be built: none may deadlock with another's CREATE INDEX CONCURRENTLY."""
+    settings = make_settings(tmp_path)
+    engine, url = await fresh_engine(
+        create_database, "index_concurrent_start", settings.vector_index
+    )
+    await copy_vectors(dsn(url), clustered_vectors(3000, clusters=30, seed=5), model=MODEL)
+    await engine.dispose()
+
+    async def start_up() -> str:
+        database = create_engine(url)
+        try:
+            await apply_schema(database, embedding_dimension=512)
+            return (await prepare_vector_index(url, settings)).action
+        finally:
+            await database.dispose()
+
+    actions = await asyncio.wait_for(asyncio.gather(*(start_up() for _ in range(3))), timeout=120)
+
+    assert sorted(actions) == ["built", "kept", "kept"]

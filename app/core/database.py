@@ -21,7 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database, watched
-from app.core.vector_index import IndexStatus, ensure_vector_index, search_settings
+from app.core.vector_index import (
+    IndexStatus,
+    ensure_vector_index,
+    schema_lock,
+    search_settings,
+)
 from app.services.errors import SchemaMismatch
 
 logger = logging.getLogger(__name__)
@@ -36,8 +41,6 @@ COMMAND_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 10_000
 # What searches run on: a search-pool connection (or, in tests, one inside a transaction).
 SearchConnection = asyncpg.Connection | PoolConnectionProxy
-# Serialises concurrent schema set-up (several workers starting at once).
-_SCHEMA_LOCK_ID = 0x1A9E5
 
 
 def create_engine(
@@ -117,8 +120,7 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None:
     """Apply init.sql (idempotent) and check that its vector column has the configured size."""
     schema_sql = INIT_SQL_PATH.read_text()
-    async with engine.begin() as connection:
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID})
+    async with schema_lock(engine), engine.begin() as connection:
         raw = await connection.get_raw_connection()
         # asyncpg runs a multi-statement script through the simple query protocol.
         await raw.driver_connection.execute(schema_sql)  # type: ignore[union-attr]

@@ -8,8 +8,11 @@ Builds run CONCURRENTLY under a temporary name and are swapped in, so searches a
 on while an index is (re)built.
 """
 
+import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -24,7 +27,10 @@ _BUILD_NAME = f"{INDEX_NAME}_build"
 # Below this, IVFFlat is not built (its centres would be learnt from too few rows) and searches
 # are exact, which at this size costs a few milliseconds.
 IVFFLAT_MIN_ROWS = 10_000
-_INDEX_LOCK_ID = 0x1A9E6
+# One lock for all schema work (init.sql and the vector index), so that none of it runs beside a
+# CREATE INDEX CONCURRENTLY, in this process or another.
+SCHEMA_LOCK_ID = 0x1A9E5
+_LOCK_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,27 @@ async def ensure_vector_index(
 ) -> IndexStatus:
     """Make the vector index match `config`. `rebuild` rebuilds it even if it matches (for an
     IVFFlat index whose collection has grown since it was built)."""
+    async with schema_lock(engine) as connection:
+        return await _reconcile(connection, config, rebuild=rebuild)
+
+
+@asynccontextmanager
+async def schema_lock(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Hold the schema lock on an autocommit connection of its own, which the block may use.
+
+    Polled rather than waited for inside PostgreSQL, with no transaction open meanwhile: a
+    statement waiting for a lock holds a snapshot, and a CREATE INDEX CONCURRENTLY run under
+    the lock waits for every older snapshot, so two processes starting at once deadlocked."""
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as connection:
-        await connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _INDEX_LOCK_ID})
+        lock = {"id": SCHEMA_LOCK_ID}
+        # The lock lives in PostgreSQL, so there is no event to wait on: poll.
+        while not await connection.scalar(text("SELECT pg_try_advisory_lock(:id)"), lock):  # noqa: ASYNC110
+            await asyncio.sleep(_LOCK_POLL_SECONDS)
         try:
-            return await _reconcile(connection, config, rebuild=rebuild)
+            yield connection
         finally:
-            await connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _INDEX_LOCK_ID})
+            await connection.execute(text("SELECT pg_advisory_unlock(:id)"), lock)
 
 
 async def _reconcile(

@@ -142,7 +142,7 @@ async def test_a_query_image_from_another_model_is_reported_outdated(
 
 def test_vector_text_gives_back_every_float32_exactly() -> None:
     vectors = np.random.default_rng(3).standard_normal((200, DIMENSION)).astype(np.float32)
-    vectors[0, :3] = [np.float32(1e-38), np.float32(-3.4e38), 0.0]  # extremes survive too
+    vectors[0, :3] = np.array([1e-38, -3.4e38, 0.0], dtype=np.float32)  # extremes survive too
 
     for vector in vectors:
         text = vector_service.vector_text(vector)
