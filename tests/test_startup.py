@@ -24,7 +24,10 @@ def test_init_sql_vector_dimension_matches_the_configured_default() -> None:
 async def test_startup_creates_the_schema_on_an_empty_database_and_is_idempotent(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    settings, url = await settings_on_new_database(create_database, tmp_path, "startup_empty")
+    # The smallest pool the settings allow must be enough to start.
+    settings, url = await settings_on_new_database(
+        create_database, tmp_path, "startup_empty", DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0
+    )
     app = create_app(settings)
 
     for _ in range(2):  # a second start on the now-initialised database changes nothing

@@ -120,9 +120,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None:
     """Apply init.sql (idempotent) and check that its vector column has the configured size."""
     schema_sql = INIT_SQL_PATH.read_text()
-    async with schema_lock(engine), engine.begin() as connection:
+    async with schema_lock(engine) as connection:
         raw = await connection.get_raw_connection()
-        # asyncpg runs a multi-statement script through the simple query protocol.
+        # asyncpg runs a multi-statement script through the simple query protocol, which
+        # PostgreSQL runs as one transaction.
         await raw.driver_connection.execute(schema_sql)  # type: ignore[union-attr]
         stored_dimension = await connection.scalar(
             text(
