@@ -134,8 +134,9 @@ class KeepAliveClient:
     def __init__(self, base_url: str, connections: int) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self.host, self.port, self.size = host, int(port), connections
+        # Last in, first out: one request at a time reuses one connection, as clients do.
         self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue()
+            asyncio.LifoQueue()
         )
 
     async def __aenter__(self) -> "KeepAliveClient":
