@@ -6,6 +6,7 @@ Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event lo
 import hashlib
 import io
 import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +109,17 @@ def analyse_image(
             embedding = embedder.embed(_upright(image), content_sha256=digest)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"Image exceeds the pixel limit of {max_pixels}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    # Pillow's plugins also fail on truncated or malformed streams with IndexError (a GIF cut
+    # inside a frame header) or struct.error (short reads of fixed-size fields).
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        struct.error,
+    ) as exc:
         raise InvalidImage(
             f"The file is not a valid {image_format} image (corrupt or truncated)"
         ) from exc

@@ -1,5 +1,7 @@
 """The pure image work: format sniffing, metadata, and the hash embedder."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -91,6 +93,17 @@ def test_broken_exif_does_not_cost_the_upload() -> None:
     segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
     result = analyse(data[:2] + segment + data[2:])
     assert "exif" not in result.metadata
+
+
+def test_a_truncated_animated_gif_is_invalid_at_every_cut() -> None:
+    frames = [photo(48, 32, seed=seed) for seed in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first_frame_end = len(encode(frames[0], "GIF"))
+
+    for cut in range(first_frame_end - 40, len(data) - 1, 7):
+        # Invalid, or (a cut between frames) a shorter animation; never another error.
+        with contextlib.suppress(InvalidImage):
+            analyse(data[:cut])
 
 
 def test_animated_gif_counts_frames() -> None:
