@@ -4,19 +4,19 @@ transaction per test, and the app served in-process through httpx's ASGITranspor
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import cast
 
 import asyncpg
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
 from app.core.database import (
     apply_schema,
     create_engine,
+    driver_connection,
     get_read_session,
     get_search_connection,
     get_session,
@@ -113,12 +113,6 @@ async def settings_on_new_database(
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
-
-
-async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy one (and inside its transaction, if any)."""
-    raw = await connection.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 def build_app(settings: Settings, session: AsyncSession) -> FastAPI:

@@ -1,10 +1,12 @@
 """The app served by a real uvicorn on a free loopback port, for tests that need real HTTP."""
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from app.core.config import Settings
@@ -32,3 +34,16 @@ def live_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+async def wait_until_ready(client: httpx.AsyncClient, seconds: float = 30) -> bool:
+    """Poll /api/v1/health/ready (the server may not be listening yet); True once it is 200."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get("/api/v1/health/ready")).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    return False

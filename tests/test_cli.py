@@ -11,7 +11,7 @@ import psutil
 from bench.harness import free_port
 from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import encode, scene
-from tests.live_server import live_server
+from tests.live_server import live_server, wait_until_ready
 from tests.test_reembed import ROOT, run_cli
 
 
@@ -102,13 +102,7 @@ async def test_serve_with_several_workers_shares_one_database(
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for _ in range(300):
-                try:
-                    if (await client.get("/api/v1/health/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+            ready = await wait_until_ready(client)
             workers = [
                 child
                 for child in psutil.Process(server.pid).children()
@@ -128,6 +122,7 @@ async def test_serve_with_several_workers_shares_one_database(
         server.terminate()
         await server.wait()
 
+    assert ready
     assert len(workers) == 2
     assert [response.status_code for response in uploads] == [201] * 6
     assert listing["total"] == 6

@@ -10,7 +10,12 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings, VectorIndexConfig
-from app.core.database import apply_schema, create_engine, prepare_vector_index
+from app.core.database import (
+    apply_schema,
+    create_engine,
+    driver_connection,
+    prepare_vector_index,
+)
 from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
     ensure_vector_index,
@@ -18,7 +23,7 @@ from app.core.vector_index import (
 )
 from app.services import vector_service
 from bench.corpus import clustered_vectors, copy_vectors
-from tests.conftest import DatabaseFactory, driver_connection, make_settings
+from tests.conftest import DatabaseFactory, make_settings
 
 MODEL = "test"
 

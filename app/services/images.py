@@ -8,9 +8,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +17,7 @@ from sqlalchemy.orm import defer
 from sqlalchemy.sql.functions import Function
 from starlette.concurrency import run_in_threadpool
 
+from app.core.database import driver_connection
 from app.models.image import Image
 from app.services.embeddings import Embedder
 from app.services.errors import (
@@ -117,7 +117,7 @@ async def ingest_image(
     # go straight to asyncpg in that transaction: the ORM's unit of work and statement handling
     # cost about 1.7 ms of event-loop CPU per upload here, a third of all it spends on one.
     await session.execute(select(_lock_key(analysed.content_hash)))
-    driver = await _driver_connection(session)
+    driver = await driver_connection(await session.connection())
     existing = await driver.fetchrow(
         "SELECT id, filename FROM images WHERE content_hash = $1", analysed.content_hash
     )
@@ -172,12 +172,6 @@ _INSERT_IMAGE = """
         'completed'
     )
 """
-
-
-async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:

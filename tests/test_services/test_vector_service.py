@@ -10,10 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.database import driver_connection
 from app.models.image import Image
 from app.services import vector_service
 from app.services.errors import EmbeddingOutdated, ImageNotFound
-from tests.conftest import driver_connection
 
 DIMENSION = 512
 MODEL = "test"
