@@ -82,7 +82,11 @@ class ObservabilityMiddleware:
 
     def _route(self, scope: Scope) -> str:
         """The route template a request belongs to (`/api/v1/images/{image_id}`): metrics and
-        logs group by it, so ids never multiply the series. Looked up once per route."""
+        logs group by it, so ids never multiply the series. Looked up once per route.
+
+        The route knows its path without the router's prefix (`/{image_id}`); of the templates
+        matching the request path, the one ending in that path is the route's (`/search` also
+        matches `/{image_id}`)."""
         route = scope.get("route")
         if route is None:
             return "unmatched"
@@ -90,8 +94,13 @@ class ObservabilityMiddleware:
         if template is None:
             if self._templates is None:
                 self._templates = [(compile_path(path)[0], path) for path in self._route_paths()]
-            path = scope["path"]
-            template = next((t for regex, t in self._templates if regex.match(path)), "unmatched")
+            path, own_path = scope["path"], getattr(route, "path", "")
+            template = next(
+                (t for regex, t in self._templates if t.endswith(own_path) and regex.match(path)),
+                # A route left out of the schema (`/api/v1/health` without its slash): without
+                # parameters, its path is its template.
+                "unmatched" if getattr(route, "param_convertors", None) else path,
+            )
             self._by_route[id(route)] = template
         return template
 

@@ -66,6 +66,21 @@ async def test_metrics_count_requests_uploads_and_images(client: AsyncClient) ->
     assert "images_stored 1.0" in text
 
 
+async def test_metrics_name_the_route_that_served_the_request(client: AsyncClient) -> None:
+    # /search and /{image_id} share a prefix: a literal path must not be counted under the
+    # parameter template, nor the reverse.
+    await client.post("/api/v1/images/search", files={"file": ("a.jpg", jpeg_bytes(seed=1))})
+    await client.get("/api/v1/images/search")  # GET /{image_id} with an invalid id
+    await client.get("/api/v1/health")  # served, but not in the OpenAPI schema
+
+    text = (await client.get("/metrics")).text
+
+    assert 'method="POST",route="/api/v1/images/search",status="200"' in text
+    assert 'method="GET",route="/api/v1/images/{image_id}",status="422"' in text
+    assert 'route="/api/v1/images/search",status="422"' not in text
+    assert 'method="GET",route="/api/v1/health",status="200"' in text
+
+
 @pytest.fixture
 async def admin_client(tmp_path: Path, session: AsyncSession) -> AsyncIterator[AsyncClient]:
     app: FastAPI = build_app(make_settings(tmp_path, ADMIN_TOKEN="s3cret"), session)  # noqa: S106
