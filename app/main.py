@@ -22,6 +22,7 @@ from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import (
+    PoolTransactions,
     autocommit,
     create_sessionmaker,
     open_database,
@@ -92,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.image_store.prepare)
         app.state.engine = engine
         app.state.search_pool = search_pool
+        app.state.transactions = PoolTransactions(engine)
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.read_sessionmaker = create_sessionmaker(autocommit(engine))
         async with app.state.sessionmaker() as session:

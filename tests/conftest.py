@@ -3,6 +3,7 @@ transaction per test, and the app served in-process through httpx's ASGITranspor
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,7 @@ from app.core.database import (
     get_read_session,
     get_search_connection,
     get_session,
+    get_transactions,
 )
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
 from app.core.vector_index import ensure_vector_index, search_settings
@@ -84,6 +86,9 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     services' own commits (savepoints here) never leak between tests."""
     async with engine.connect() as connection:
         transaction = await connection.begin()
+        # SQLAlchemy's asyncpg adapter starts the transaction at the first statement; start it
+        # now, so that what the services send through asyncpg itself runs inside it too.
+        await connection.exec_driver_sql("SELECT 1")
         session = AsyncSession(
             bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
         )
@@ -128,8 +133,23 @@ def build_app(settings: Settings, session: AsyncSession) -> FastAPI:
         yield await driver_connection(await session.connection())
 
     app.dependency_overrides[get_search_connection] = override_search_connection
+    app.dependency_overrides[get_transactions] = lambda: SavepointTransactions(session)
     app.state.image_store.prepare()
     return app
+
+
+class SavepointTransactions:
+    """The services' write transactions as savepoints of the test's own transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        driver = await driver_connection(await self.session.connection())
+        assert driver.is_in_transaction()  # so this is a savepoint, rolled back with the test
+        async with driver.transaction():
+            yield driver
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.database import (
     SearchConnection,
+    Transactions,
     get_read_session,
     get_search_connection,
     get_session,
+    get_transactions,
 )
 from app.core.observability import Metrics
 from app.services.embeddings import Embedder
@@ -63,6 +65,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 # Released as soon as the endpoint returns, before the response is serialised and sent.
 SearchConnectionDep = Annotated[SearchConnection, Depends(get_search_connection, scope="function")]
+TransactionsDep = Annotated[Transactions, Depends(get_transactions)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]

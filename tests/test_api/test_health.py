@@ -10,7 +10,13 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.database import create_engine, create_sessionmaker, get_read_session, get_session
+from app.core.database import (
+    PoolTransactions,
+    create_engine,
+    create_sessionmaker,
+    get_read_session,
+    get_session,
+)
 from app.main import create_app
 from tests.conftest import make_settings
 
@@ -83,6 +89,7 @@ async def database_down_client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
 
     app.dependency_overrides[get_session] = dead_session
     app.dependency_overrides[get_read_session] = dead_session
+    app.state.transactions = PoolTransactions(engine)
     app.state.search_pool = await asyncpg.create_pool(
         "postgresql://postgres@127.0.0.1:9/nothing", min_size=0
     )

@@ -24,6 +24,7 @@ from app.api.deps import (
     Skip,
     Threshold,
     ThumbnailSize,
+    TransactionsDep,
 )
 from app.api.errors import error_responses
 from app.core.config import Settings
@@ -53,7 +54,7 @@ router = APIRouter()
 async def upload_image(
     file: Annotated[UploadFile, File(description="A JPEG or PNG image (GIF, BMP if allowed)")],
     response: Response,
-    session: SessionDep,
+    transactions: TransactionsDep,
     settings: SettingsDep,
     store: ImageStoreDep,
     embedder: EmbedderDep,
@@ -64,7 +65,7 @@ async def upload_image(
     # limit so the service can tell "exactly at the limit" from "over it".
     data = await file.read(settings.MAX_FILE_SIZE + 1)
     result = await images.ingest_image(
-        session,
+        transactions,
         data=data,
         filename=file.filename,
         limits=upload_limits(settings),
