@@ -6,7 +6,8 @@ Loads N clustered vectors with COPY, builds the configured index, then
   set up as the service's search pool), and of GET /similar on the app running in its own
   process (a minimal keep-alive HTTP client), at concurrency 1 and 8, for the same stored query
   images, the two taking turns in blocks of 200 calls;
-- the cost of a search that nothing passes (threshold above every neighbour) against a normal one.
+- the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
+- the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint.
 
     .venv/bin/python -m bench.search --rows 100000
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
@@ -128,10 +129,16 @@ async def run(rows: int) -> None:
 
             # SQL and HTTP take turns in blocks, so that both see the same (shared, drifting)
             # machine; each statistic pools all its blocks.
+            async def http_floor_call(number: int) -> object:
+                status, body = await client.request("GET", "/api/v1/health/live")
+                assert status == 200, body
+                return body
+
             calls = {
                 "sql": sql_call,
                 "sql nothing passes": sql_call_nothing_passes,
                 "http": http_call,
+                "http floor": http_floor_call,
             }
             report: dict[str, list[float]] = {}
             for concurrency in (1, 8):
@@ -154,6 +161,11 @@ async def run(rows: int) -> None:
     http_p50 = percentile(report["http c=1"], 0.5)
     nothing_ratio = percentile(report["sql nothing passes c=1"], 0.5) / sql_p50
     print(f"nothing-passes / normal search (p50): {nothing_ratio:.2f}")
+    floor_p50 = percentile(report["http floor c=1"], 0.5)
+    print(
+        f"http p50 = sql {sql_p50:.2f} + HTTP round trip without a search (health/live) "
+        f"{floor_p50:.2f} + the endpoint's own work {http_p50 - sql_p50 - floor_p50:.2f} ms"
+    )
     print(
         f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
         f"p50_sql_ms={sql_p50:.2f} p50_http_ms={http_p50:.2f} "

@@ -2,14 +2,14 @@
 the service stays meanwhile.
 
 For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
-- HTTP: POST /api/v1/images/upload to the app running in its own process (or `WORKERS`
-  processes; every upload a distinct file, so each one is decoded, embedded, written, fsynced
-  and inserted);
+- HTTP: POST /api/v1/images/upload to the app running in `WORKERS` processes of its own
+  (default: one per core, at most 8); every upload a distinct file, so each one is decoded,
+  embedded, written, fsynced and inserted;
 - in-process: the same validate + decode + embed work (`analyse_image`) on as many threads;
 - the p99 latency of GET /api/v1/health/live, polled while the HTTP uploads run.
 
-    .venv/bin/python -m bench.upload
-    WORKERS=2 .venv/bin/python -m bench.upload      # two server processes
+    .venv/bin/python -m bench.upload                # a server process per core
+    WORKERS=1 .venv/bin/python -m bench.upload      # one server process
 """
 
 import asyncio
@@ -125,7 +125,8 @@ async def run() -> None:
         url = await fresh_database(server_dsn, "image_bench_upload")
         environment = {
             "DATABASE_URL": url.render_as_string(hide_password=False),
-            "WORKERS": os.environ.get("WORKERS", "1"),
+            # Deployed for throughput: a worker process per core (as docker-compose does).
+            "WORKERS": os.environ.get("WORKERS", str(min(os.cpu_count() or 1, 8))),
         }
         print(f"app: WORKERS={environment['WORKERS']}", flush=True)
         async with running_app(environment) as base_url, KeepAliveClient(base_url, 9) as client:
