@@ -66,7 +66,7 @@ def safe_filename(filename: str | None, extension: str) -> str:
 
 # One transaction-scoped advisory lock per content hash serialises the writers of one file (an
 # upload and a delete of the same bytes). $1 is the hash.
-LOCK_CONTENT_HASH = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+_LOCK_CONTENT_HASH = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 
 async def analyse_upload(
@@ -115,7 +115,7 @@ async def ingest_image(
     inserted = False
     try:
         async with transactions.transaction() as connection:
-            await connection.execute(LOCK_CONTENT_HASH, analysed.content_hash)
+            await connection.execute(_LOCK_CONTENT_HASH, analysed.content_hash)
             existing = await connection.fetchrow(
                 "SELECT id, filename FROM images WHERE content_hash = $1", analysed.content_hash
             )
@@ -254,7 +254,7 @@ async def delete_image(session: AsyncSession, image_id: uuid.UUID, *, store: Ima
     if relative_path is None:
         return
     # Under the hash's lock, so a concurrent upload of the same bytes cannot lose its file.
-    await (await session.connection()).exec_driver_sql(LOCK_CONTENT_HASH, (content_hash,))
+    await (await session.connection()).exec_driver_sql(_LOCK_CONTENT_HASH, (content_hash,))
     reuploaded = await session.scalar(select(exists().where(Image.content_hash == content_hash)))
     if not reuploaded:
         await run_in_threadpool(store.remove, relative_path)
