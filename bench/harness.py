@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 from sqlalchemy import URL, make_url
 
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
@@ -57,6 +58,28 @@ def free_port() -> int:
         return port
 
 
+def listening_processes(pid: int, port: int) -> int:
+    """How many processes of the tree under `pid` listen on `port`."""
+    root = psutil.Process(pid)
+    return sum(
+        any(
+            connection.status == psutil.CONN_LISTEN and connection.laddr[1] == port
+            for connection in process.net_connections()
+        )
+        for process in [root, *root.children(recursive=True)]
+    )
+
+
+async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 30) -> None:
+    """Wait until `count` processes under `pid` listen on `port`: with several workers, one
+    ready worker does not mean that the others take connections yet."""
+    for _ in range(int(seconds * 10)):
+        if listening_processes(pid, port) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"fewer than {count} processes listen on port {port}")
+
+
 @asynccontextmanager
 async def running_app(environment: dict[str, str]) -> AsyncIterator[str]:
     """`python -m app serve` in its own process (as in production); yields its base URL."""
@@ -87,6 +110,7 @@ async def running_app(environment: dict[str, str]) -> AsyncIterator[str]:
                     await asyncio.sleep(0.1)
                 else:
                     raise RuntimeError("the app did not become ready")
+            await wait_for_listeners(process.pid, port, int(env.get("WORKERS", "1")))
             yield base_url
         finally:
             process.terminate()

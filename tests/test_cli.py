@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.harness import free_port
+from bench.harness import free_port, wait_for_listeners
 from tests.conftest import DatabaseFactory, settings_on_new_database
 from tests.images import encode, scene
 from tests.live_server import live_server, wait_until_ready
@@ -116,6 +116,7 @@ async def test_serve_with_several_workers_shares_one_database(
                 for child in psutil.Process(server.pid).children()
                 if "spawn_main" in " ".join(child.cmdline())
             ]
+            await wait_for_listeners(server.pid, port, 2)
             uploads = await asyncio.gather(
                 *(
                     client.post(
