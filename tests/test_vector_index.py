@@ -50,9 +50,7 @@ async def explain(engine: AsyncEngine, index: VectorIndexConfig, query_id: uuid.
         # On a few thousand rows the planner may rightly prefer a sequential scan; this shows the
         # statement is one the index can serve.
         await connection.execute(text("SET enable_seqscan = off"))
-        raw = (await connection.get_raw_connection()).driver_connection
-        assert raw is not None
-        plan = await raw.fetch(
+        plan = await (await driver_connection(connection)).fetch(
             "EXPLAIN " + vector_service.nearest_images_sql(index), query_id, MODEL, 11, 0.5, 10
         )
         return "\n".join(row[0] for row in plan)

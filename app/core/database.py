@@ -153,10 +153,9 @@ async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None
     """Apply init.sql (idempotent) and check that its vector column has the configured size."""
     schema_sql = INIT_SQL_PATH.read_text()
     async with schema_lock(engine) as connection:
-        raw = await connection.get_raw_connection()
         # asyncpg runs a multi-statement script through the simple query protocol, which
         # PostgreSQL runs as one transaction.
-        await raw.driver_connection.execute(schema_sql)  # type: ignore[union-attr]
+        await (await driver_connection(connection)).execute(schema_sql)
         stored_dimension = await connection.scalar(
             text(
                 "SELECT atttypmod FROM pg_attribute "
