@@ -1,4 +1,4 @@
-"""`python -m app serve | reembed`; see app/cli.py."""
+"""`python -m app COMMAND`; see app/cli/__init__.py."""
 
 from app.cli import main
 

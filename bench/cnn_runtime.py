@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from app.services.cnn_embedder import _export_feature_extractor
+from app.imaging.cnn import _export_feature_extractor
 
 REPEATS = 40
 

@@ -6,7 +6,6 @@ are all nearly orthogonal and make any index look either perfect or hopeless.
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,24 +13,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pgvector.asyncpg import register_vector
 
-COLUMNS = (
-    "id",
-    "filename",
-    "original_filename",
-    "content_type",
-    "file_size",
-    "file_path",
-    "content_hash",
-    "format",
-    "width",
-    "height",
-    "upload_timestamp",
-    "processed_timestamp",
-    "embedding_vector",
-    "embedding_model",
-    "metadata",
-    "processing_status",
-)
+from app.models.image import ImageRow, images
+
+COLUMNS = [column.name for column in images.columns]
 
 
 def clustered_vectors(
@@ -51,29 +35,37 @@ def clustered_vectors(
     return vectors
 
 
-def _records(vectors: NDArray[np.float32], model: str) -> Iterator[tuple[object, ...]]:
-    now = datetime.now(UTC)
-    metadata = json.dumps({"embedding": {"model": model, "dimension": vectors.shape[1]}})
-    for number, vector in enumerate(vectors):
-        image_id = uuid.uuid4()
-        yield (
-            image_id,
-            f"synthetic-{number}.jpg",
-            f"synthetic-{number}.jpg",
-            "image/jpeg",
-            1,
-            None,
-            image_id.hex * 2,
-            "JPEG",
-            1,
-            1,
-            now - timedelta(microseconds=number),
-            now,
-            vector,
-            model,
-            metadata,
-            "completed",
-        )
+def synthetic_row(
+    vector: NDArray[np.float32], *, model: str, number: int = 0, now: datetime | None = None
+) -> ImageRow:
+    """A row of `images` for a vector alone (no file): what the index tests and the search
+    benchmark store. Later numbers are older uploads."""
+    now = now or datetime.now(UTC)
+    image_id = uuid.uuid4()
+    return ImageRow(
+        id=image_id,
+        filename=f"synthetic-{number}.jpg",
+        original_filename=f"synthetic-{number}.jpg",
+        content_type="image/jpeg",
+        file_size=1,
+        file_path=None,
+        content_hash=image_id.hex * 2,
+        format="JPEG",
+        width=1,
+        height=1,
+        upload_timestamp=now - timedelta(microseconds=number),
+        processed_timestamp=now,
+        embedding_vector=vector,
+        embedding_model=model,
+        metadata={"embedding": {"model": model, "dimension": len(vector)}},
+        processing_status="completed",
+    )
+
+
+def _copy_record(row: ImageRow) -> tuple[object, ...]:
+    # COPY takes JSONB as text; everything else as the row holds it.
+    encoded = {**row, "metadata": json.dumps(row["metadata"])}
+    return tuple(encoded[column] for column in COLUMNS)
 
 
 async def copy_vectors(dsn: str, vectors: NDArray[np.float32], *, model: str) -> list[uuid.UUID]:
@@ -81,9 +73,14 @@ async def copy_vectors(dsn: str, vectors: NDArray[np.float32], *, model: str) ->
     connection = await asyncpg.connect(dsn)
     try:
         await register_vector(connection)
-        records = list(_records(vectors, model))
+        now = datetime.now(UTC)
+        rows = [
+            synthetic_row(vector, model=model, number=number, now=now)
+            for number, vector in enumerate(vectors)
+        ]
+        records = [_copy_record(row) for row in rows]
         await connection.copy_records_to_table("images", records=records, columns=COLUMNS)
         await connection.execute("ANALYZE images")
     finally:
         await connection.close()
-    return [record[0] for record in records]  # type: ignore[misc]
+    return [row["id"] for row in rows]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app.services.embeddings import EMBEDDING_MODELS, create_embedder
-from app.services.image_processing import analyse_image
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import EMBEDDING_MODELS, create_embedder
 
 REPEATS = 30
 

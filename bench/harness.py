@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL
 
-from app.core.embedded_postgres import EmbeddedPostgres, ensure_database
+from app.core.embedded_postgres import postgres_server as embedded_or_external
+from app.core.embedded_postgres import recreate_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,26 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A server DSN: DATABASE_URL's server if set, else a throwaway embedded PostgreSQL."""
-    external = os.environ.get("DATABASE_URL")
-    if external:
-        yield make_url(external).set(drivername="postgresql").render_as_string(hide_password=False)
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        server = EmbeddedPostgres(Path(folder) / "pgdata")
-        try:
-            yield server.start()
-        finally:
-            server.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as folder,
+        embedded_or_external(os.environ.get("DATABASE_URL"), Path(folder)) as dsn,
+    ):
+        yield dsn
 
 
 async def fresh_database(server_dsn: str, name: str) -> URL:
     """Drop and create database `name` (the benchmark's own, never the service's)."""
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-    return await ensure_database(server_dsn, name)
+    return await recreate_database(server_dsn, name)
 
 
 def libpq_dsn(url: URL) -> str:
@@ -81,8 +71,11 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
 
 
 @asynccontextmanager
-async def running_app(environment: dict[str, str]) -> AsyncIterator[str]:
-    """`python -m app serve` in its own process (as in production); yields its base URL."""
+async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> AsyncIterator[str]:
+    """`python -m app serve` in its own process (as in production); yields its base URL.
+
+    `checkout`: another working tree of this project (with its own `.venv`), to measure an
+    earlier commit side by side with this one (the benchmarks' `--baseline`)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         env = {
@@ -93,8 +86,9 @@ async def running_app(environment: dict[str, str]) -> AsyncIterator[str]:
             "LOG_LEVEL": "WARNING",
             **environment,
         }
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited in a loop
-            [sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env
+        python = sys.executable if checkout == ROOT else str(checkout / ".venv" / "bin" / "python")
+        process = subprocess.Popen(  # noqa: ASYNC220, S603 - started once; our own command
+            [python, "-m", "app", "serve"], cwd=checkout, env=env
         )
         base_url = f"http://127.0.0.1:{port}"
         try:

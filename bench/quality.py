@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from app.services.embeddings import EMBEDDING_MODELS, create_embedder
-from app.services.image_processing import analyse_image
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import EMBEDDING_MODELS, create_embedder
 
 PHOTOS = {
     "skimage": (

@@ -2,10 +2,11 @@
 
 Loads N clustered vectors with COPY, builds the configured index, then
 - recall@10 of held-out query vectors against exact (numpy) search;
-- p50/p95/p99 latency of the service's own search statement run through asyncpg (on a pool
-  set up as the service's search pool), and of GET /similar on the app running in its own
-  process (a minimal keep-alive HTTP client), at concurrency 1 and 8, for the same stored query
-  images, the two taking turns in blocks of 200 calls;
+- p50/p95/p99 latency of the service's own search statement (compiled as the service sends it)
+  run through asyncpg alone, and of GET /similar on the app running in its own process (a
+  minimal keep-alive HTTP client), at concurrency 1 and 8, for the same stored query images,
+  taking turns in blocks of 200 calls; with `--baseline DIR`, also GET /similar of another
+  checkout (an earlier commit) on the same data, in the same turns;
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
 - the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint.
 
@@ -20,26 +21,21 @@ import argparse
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import asyncpg
 import numpy as np
-from pgvector.asyncpg import register_vector
 
 from app.core.config import Settings
-from app.core.database import (
-    apply_schema,
-    create_engine,
-    open_search_pool,
-    prepare_vector_index,
-)
-from app.core.vector_index import (
-    INDEX_NAME,
-    indexed_expression,
-    search_settings,
-)
-from app.services.vector_service import nearest_images_sql
+from app.core.database import apply_schema, create_engine, prepare_vector_index
+from app.core.vector_index import INDEX_NAME, search_settings
+from app.services.search import SearchOptions, nearest_images_sql, search_by_image
 from bench.corpus import clustered_vectors, copy_vectors
+from bench.harness import (
+    ROOT as ROOT_CHECKOUT,
+)
 from bench.harness import (
     KeepAliveClient,
     fresh_database,
@@ -54,109 +50,118 @@ from bench.harness import (
 MODEL = "perceptual"  # the service's default model, so /similar compares these rows
 QUERIES = 200
 BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
+Call = Callable[[int], Awaitable[object]]
 
 
-async def run(rows: int) -> None:
+async def run(rows: int, baseline: Path | None) -> None:
     settings = Settings()
     index = settings.vector_index
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
         url = await fresh_database(server_dsn, "image_bench_search")
-        dsn = libpq_dsn(url)
         engine = create_engine(url, server_settings=search_settings(index))
+        stack.push_async_callback(engine.dispose)
         await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
 
         clusters = max(100, rows // 100)
         vectors = clustered_vectors(rows + QUERIES, clusters=clusters, seed=1)
         stored, held_out = vectors[:rows], vectors[rows:]
         started = time.perf_counter()
-        ids = await copy_vectors(dsn, stored, model=MODEL)
+        ids = await copy_vectors(libpq_dsn(url), stored, model=MODEL)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         status = await prepare_vector_index(url, settings)
         build_s = time.perf_counter() - started
-        await engine.dispose()
 
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=8,
-            max_size=8,
-            init=register_vector,
-            server_settings=search_settings(index),
-        )
-        assert pool is not None
-        index_mb = (
-            await pool.fetchval("SELECT pg_relation_size(to_regclass($1))", INDEX_NAME) or 0
-        ) / 2**20
-        table_mb = await pool.fetchval("SELECT pg_total_relation_size('images')") / 2**20
-        search = nearest_images_sql(index)
-
-        # Recall@10 of held-out vectors against exact search, through the same index expression.
-        cast = "halfvec" if index.storage == "halfvec" else "vector"
-        nearest = (
-            f"SELECT id FROM images ORDER BY {indexed_expression(index)} <=> "  # noqa: S608
-            f"CAST($1 AS vector)::{cast}({index.dimension}) LIMIT 10"
-        )
-        found = 0
-        for query in held_out:
-            result = await pool.fetch(nearest, query)
-            exact = np.argsort(-(stored @ query))[:10]
-            found += len({row["id"] for row in result} & {ids[i] for i in exact})
+        async with engine.connect() as connection:
+            index_mb = (
+                await connection.exec_driver_sql(
+                    "SELECT pg_relation_size(to_regclass($1))", (INDEX_NAME,)
+                )
+            ).scalar_one() or 0
+            table_mb = (
+                await connection.exec_driver_sql("SELECT pg_total_relation_size('images')")
+            ).scalar_one()
+            # Recall@10 of held-out vectors against exact search, through the service's own
+            # statement and vector codec (a search by an uploaded image).
+            options = SearchOptions(MODEL, 10, -1.0, settings.NEAR_DUPLICATE_THRESHOLD, index)
+            found = 0
+            for query in held_out:
+                matches = await search_by_image(connection, query, "", options)
+                exact = np.argsort(-(stored @ query))[:10]
+                found += len({match.id for match in matches} & {ids[i] for i in exact})
         recall = found / (10 * len(held_out))
 
         rng = np.random.default_rng(2)
         query_ids = [ids[i] for i in rng.choice(rows, size=QUERIES, replace=False)]
 
-        # The raw query on a pool configured as the service's own search pool.
-        search_pool = await stack.enter_async_context(open_search_pool(url, settings))
+        # The floor under the endpoint: the service's own statement, compiled as the service
+        # sends it, run through asyncpg alone (no SQLAlchemy, no HTTP).
+        compiled = nearest_images_sql(index).compile(dialect=engine.dialect)
+        statement, order = str(compiled), compiled.positiontup or []
+        pool = await asyncpg.create_pool(
+            libpq_dsn(url), min_size=8, max_size=8, server_settings=search_settings(index)
+        )
+        stack.push_async_callback(pool.close)
 
         async def sql_call(number: int, threshold: float = -1.0) -> object:
-            return await search_pool.fetch(
-                search, query_ids[number % QUERIES], MODEL, 11, 1 - threshold, 10
-            )
+            values = {
+                "image_id": query_ids[number % QUERIES],
+                "model": MODEL,
+                "candidates": 11,
+                "max_distance": 1 - threshold,
+                "limit": 10,
+            }
+            return await pool.fetch(statement, *[values[name] for name in order])
 
         async def sql_call_nothing_passes(number: int) -> object:
             return await sql_call(number, threshold=0.999)
 
         environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
-        async with running_app(environment) as base_url, KeepAliveClient(base_url, 8) as client:
+        apps = {"http": ROOT_CHECKOUT} | ({"baseline http": baseline} if baseline else {})
+        clients: dict[str, KeepAliveClient] = {}
+        for name, checkout in apps.items():
+            base_url = await stack.enter_async_context(running_app(environment, checkout))
+            clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 8))
 
-            async def http_call(number: int) -> object:
+        def http_call(client: KeepAliveClient) -> "Call":
+            async def call(number: int) -> object:
                 path = f"/api/v1/images/{query_ids[number % QUERIES]}/similar?limit=10&threshold=-1"
                 status, body = await client.request("GET", path)
                 assert status == 200, body
                 return body
 
-            # SQL and HTTP take turns in blocks, so that both see the same (shared, drifting)
-            # machine; each statistic pools all its blocks.
-            async def http_floor_call(number: int) -> object:
-                status, body = await client.request("GET", "/api/v1/health/live")
-                assert status == 200, body
-                return body
+            return call
 
-            calls = {
-                "sql": sql_call,
-                "sql nothing passes": sql_call_nothing_passes,
-                "http": http_call,
-                "http floor": http_floor_call,
-            }
-            report: dict[str, list[float]] = {}
-            for concurrency in (1, 8):
-                for call in calls.values():
-                    await latencies(call, QUERIES, concurrency)  # warm the caches
-                for _ in range(BLOCKS):
-                    for name, call in calls.items():
-                        key = f"{name} c={concurrency}"
-                        block = await latencies(call, QUERIES, concurrency)
-                        report[key] = report.get(key, []) + block
-        await pool.close()
+        async def http_floor_call(number: int) -> object:
+            status, body = await clients["http"].request("GET", "/api/v1/health/live")
+            assert status == 200, body
+            return body
+
+        calls: dict[str, Call] = {
+            "sql": sql_call,
+            "sql nothing passes": sql_call_nothing_passes,
+            **{name: http_call(client) for name, client in clients.items()},
+            "http floor": http_floor_call,
+        }
+        # SQL and HTTP take turns in blocks, so that all see the same (shared, drifting)
+        # machine; each statistic pools all its blocks.
+        report: dict[str, list[float]] = {}
+        for concurrency in (1, 8):
+            for call in calls.values():
+                await latencies(call, QUERIES, concurrency)  # warm the caches
+            for _ in range(BLOCKS):
+                for name, call in calls.items():
+                    key = f"{name} c={concurrency}"
+                    block = await latencies(call, QUERIES, concurrency)
+                    report[key] = report.get(key, []) + block
 
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
     print(f"index: {status.definition} built in {build_s:.1f}s")
-    print(f"index size {index_mb:.0f} MB, table {table_mb:.0f} MB")
+    print(f"index size {index_mb / 2**20:.0f} MB, table {table_mb / 2**20:.0f} MB")
     print(f"recall@10 over {QUERIES} held-out queries: {recall:.3f}")
     for name, values in report.items():
-        print(f"{name:<24} {summary(values)}")
+        print(f"{name:<28} {summary(values)}")
     sql_p50 = percentile(report["sql c=1"], 0.5)
     http_p50 = percentile(report["http c=1"], 0.5)
     nothing_ratio = percentile(report["sql nothing passes c=1"], 0.5) / sql_p50
@@ -166,6 +171,13 @@ async def run(rows: int) -> None:
         f"http p50 = sql {sql_p50:.2f} + HTTP round trip without a search (health/live) "
         f"{floor_p50:.2f} + the endpoint's own work {http_p50 - sql_p50 - floor_p50:.2f} ms"
     )
+    if baseline is not None:
+        baseline_p50 = percentile(report["baseline http c=1"], 0.5)
+        print(
+            f"baseline ({baseline}): http p50 {baseline_p50:.2f} ms, "
+            f"http_over_sql={baseline_p50 / sql_p50:.2f}; this build / baseline (p50): "
+            f"{http_p50 / baseline_p50:.2f}"
+        )
     print(
         f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
         f"p50_sql_ms={sql_p50:.2f} p50_http_ms={http_p50:.2f} "
@@ -177,9 +189,15 @@ async def run(rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this project (with its .venv): its /similar is measured "
+        "in the same run, taking turns with this build's",
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(run(arguments.rows))
+    asyncio.run(run(arguments.rows, arguments.baseline))
 
 
 if __name__ == "__main__":

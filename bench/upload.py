@@ -10,21 +10,26 @@ For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
 
     .venv/bin/python -m bench.upload                # a server process per core
     WORKERS=1 .venv/bin/python -m bench.upload      # one server process
+    .venv/bin/python -m bench.upload --baseline ../earlier-checkout   # A/B, same run
 """
 
+import argparse
 import asyncio
 import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from app.core.config import Settings
-from app.services.embeddings import create_embedder
-from app.services.image_processing import analyse_image
+from app.core.resources import create_embedder
+from app.imaging.analysis import analyse_image
 from bench.harness import (
+    ROOT,
     KeepAliveClient,
     fresh_database,
     latencies,
@@ -66,7 +71,7 @@ def multipart(data: bytes, filename: str) -> bytes:
 
 def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
     settings = Settings()
-    embedder = create_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+    embedder = create_embedder(settings)
     files = [variant(jpeg, offset + n) for n in range(count)]
 
     def work(data: bytes) -> object:
@@ -118,40 +123,57 @@ async def http_rate(
     return rate, percentile(probe_times, 0.99)
 
 
-async def run() -> None:
+async def run(baseline: Path | None) -> None:
     counter = 0
     rows = []
-    with postgres_server() as server_dsn:
-        url = await fresh_database(server_dsn, "image_bench_upload")
-        environment = {
-            "DATABASE_URL": url.render_as_string(hide_password=False),
-            # Deployed for throughput: a worker process per core (as docker-compose does).
-            "WORKERS": os.environ.get("WORKERS", str(min(os.cpu_count() or 1, 8))),
-        }
-        print(f"app: WORKERS={environment['WORKERS']}", flush=True)
-        async with running_app(environment) as base_url, KeepAliveClient(base_url, 9) as client:
-            for size, (width, height) in SIZES.items():
-                jpeg = photo_jpeg(width, height)
-                for concurrency in CONCURRENCY:
-                    count = UPLOADS[size]
+    workers = os.environ.get("WORKERS", str(min(os.cpu_count() or 1, 8)))
+    print(f"app: WORKERS={workers}", flush=True)
+    checkouts = {"http": ROOT} | ({"baseline": baseline} if baseline else {})
+    async with AsyncExitStack() as stack:
+        server_dsn = stack.enter_context(postgres_server())
+        clients: dict[str, KeepAliveClient] = {}
+        for number, (name, checkout) in enumerate(checkouts.items()):
+            url = await fresh_database(server_dsn, f"image_bench_upload_{number}")
+            environment = {
+                "DATABASE_URL": url.render_as_string(hide_password=False),
+                # Deployed for throughput: a worker process per core (as docker-compose does).
+                "WORKERS": workers,
+            }
+            base_url = await stack.enter_async_context(running_app(environment, checkout))
+            clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 9))
+        for size, (width, height) in SIZES.items():
+            jpeg = photo_jpeg(width, height)
+            for concurrency in CONCURRENCY:
+                count = UPLOADS[size]
+                measured: dict[str, tuple[float, float]] = {}
+                for name, client in clients.items():
                     bodies = [
                         multipart(variant(jpeg, counter + n), f"{size}-{counter + n}.jpg")
                         for n in range(count)
                     ]
                     counter += count
-                    rate, live_p99 = await http_rate(client, bodies, concurrency)
-                    local = await asyncio.to_thread(
-                        in_process_rate, jpeg, count, concurrency, 10**6 + counter
+                    measured[name] = await http_rate(client, bodies, concurrency)
+                local = await asyncio.to_thread(
+                    in_process_rate, jpeg, count, concurrency, 10**6 + counter
+                )
+                rate, live_p99 = measured["http"]
+                rows.append((size, concurrency, rate, local, live_p99, measured.get("baseline")))
+                line = (
+                    f"{size:>5} c={concurrency}: http {rate:6.1f}/s  in-process "
+                    f"{local:6.1f}/s  ratio {rate / local:.2f}  live p99 {live_p99:.1f} ms"
+                )
+                if "baseline" in measured:
+                    base_rate, base_p99 = measured["baseline"]
+                    line += (
+                        f"  | baseline http {base_rate:6.1f}/s ratio {base_rate / local:.2f} "
+                        f"live p99 {base_p99:.1f} ms"
                     )
-                    rows.append((size, concurrency, rate, local, live_p99))
-                    print(
-                        f"{size:>5} c={concurrency}: http {rate:6.1f}/s  in-process "
-                        f"{local:6.1f}/s  ratio {rate / local:.2f}  live p99 {live_p99:.1f} ms",
-                        flush=True,
-                    )
-    size, concurrency, rate, local, live_p99 = next(
+                print(line, flush=True)
+    size, concurrency, rate, local, live_p99, base = next(
         row for row in rows if row[0] == "1MP" and row[1] == 8
     )
+    if base is not None:
+        print(f"baseline ({baseline}): ratio={base[0] / local:.2f} http_per_s={base[0]:.1f}")
     print(
         f"upload: size={size} concurrency={concurrency} http_per_s={rate:.1f} "
         f"inprocess_per_s={local:.1f} ratio={rate / local:.2f} live_p99_ms={live_p99:.1f}"
@@ -159,8 +181,15 @@ async def run() -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this project (with its .venv), measured in the same run",
+    )
+    arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(run())
+    asyncio.run(run(arguments.baseline))
 
 
 if __name__ == "__main__":

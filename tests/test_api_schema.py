@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import DatabaseFactory, settings_on_new_database
-from tests.images import jpeg_bytes
-from tests.live_server import live_server
+from tests.support.app import DatabaseFactory, settings_on_new_database
+from tests.support.images import jpeg_bytes
+from tests.support.live_server import live_server
 
 EXAMPLES_PER_OPERATION = 20
 

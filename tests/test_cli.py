@@ -10,10 +10,10 @@ import httpx
 import psutil
 
 from bench.harness import free_port, wait_for_listeners
-from tests.conftest import DatabaseFactory, settings_on_new_database
-from tests.images import encode, scene
-from tests.live_server import live_server, wait_until_ready
-from tests.test_reembed import ROOT, run_cli
+from tests.support.app import DatabaseFactory, settings_on_new_database
+from tests.support.cli import ROOT, run_cli
+from tests.support.images import encode, scene
+from tests.support.live_server import live_server, wait_until_ready
 
 
 async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(

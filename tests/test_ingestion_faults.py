@@ -13,18 +13,18 @@ from pathlib import Path
 
 import httpx
 import psutil
-from sqlalchemy import URL, func, make_url, select
+from sqlalchemy import URL, make_url
 
 from app.core.config import Settings
-from app.core.database import create_engine, create_sessionmaker
+from app.core.database import create_engine
 from app.core.embedded_postgres import EmbeddedPostgres
-from app.models.image import Image
+from app.core.resources import create_store
 from app.services.consistency import check_storage
-from app.services.storage import ImageStore
 from bench.harness import free_port
-from tests.conftest import DatabaseFactory, make_settings, settings_on_new_database
-from tests.images import encode, jpeg_bytes, scene
-from tests.live_server import live_server, wait_until_ready
+from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
+from tests.support.database import row_count
+from tests.support.images import encode, jpeg_bytes, scene
+from tests.support.live_server import live_server, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +33,10 @@ async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], li
     """(rows, files without rows, rows without files)."""
     engine = create_engine(url)
     try:
-        async with create_sessionmaker(engine)() as session:
-            rows = await session.scalar(select(func.count()).select_from(Image)) or 0
+        async with engine.connect() as connection:
+            rows = await row_count(connection)
             report = await check_storage(
-                session, store=ImageStore(settings.image_dir), repair=False, min_age_seconds=-1
+                connection, store=create_store(settings), repair=False, min_age_seconds=-1
             )
     finally:
         await engine.dispose()

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from tests.conftest import DatabaseFactory, settings_on_new_database
-from tests.images import encode, scene
-from tests.live_server import live_server
+from tests.support.app import DatabaseFactory, settings_on_new_database
+from tests.support.images import encode, scene
+from tests.support.live_server import live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "build" / "page.png"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DatabaseFactory, settings_on_new_database
-from tests.images import jpeg_bytes
-from tests.live_server import live_server
+from tests.support.app import DatabaseFactory, settings_on_new_database
+from tests.support.images import jpeg_bytes
+from tests.support.live_server import live_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

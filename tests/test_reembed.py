@@ -1,38 +1,14 @@
 """Changing EMBEDDING_MODEL: detected at start-up, explained, and fixed by `reembed`."""
 
-import asyncio
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from httpx import ASGITransport, AsyncClient
 
-from app.main import create_app
-from tests.conftest import DatabaseFactory, make_settings
-from tests.images import encode, scene
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def run_cli(
-    arguments: list[str], environment: dict[str, str], stream: str = "stderr"
-) -> tuple[int | None, str]:
-    """`python -m app ARGUMENTS`; returns the exit status and what it wrote to `stream`."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        *arguments,
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    return process.returncode, (stdout if stream == "stdout" else stderr).decode()
+from tests.support.app import DatabaseFactory, app_client, make_settings
+from tests.support.cli import run_cli
+from tests.support.images import encode, scene
 
 
 async def test_model_change_is_detected_and_reembed_brings_images_back(
@@ -46,23 +22,16 @@ async def test_model_change_is_detected_and_reembed_brings_images_back(
         encode(scene(640, 480, seed=2), "PNG"),
     ]
 
-    hash_app = create_app(make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="hash"))
-    async with (
-        hash_app.router.lifespan_context(hash_app),
-        AsyncClient(transport=ASGITransport(app=hash_app), base_url="http://test") as client,
-    ):
+    hash_settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="hash")
+    async with app_client(hash_settings) as client:
         ids = [
             (await client.post("/api/v1/images/upload", files={"file": ("x", data)})).json()["id"]
             for data in copies
         ]
 
     settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="perceptual")
-    app = create_app(settings)
     with caplog.at_level(logging.WARNING, logger="app"):
-        async with (
-            app.router.lifespan_context(app),
-            AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
-        ):
+        async with app_client(settings) as client:
             assert "3 stored images were embedded with another model" in caplog.text
             detailed = (await client.get("/api/v1/health/detailed")).json()
             assert detailed["embedding"]["stored_models"] == {"hash": 3}

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.core.database import INIT_SQL_PATH, create_engine
-from app.main import create_app
-from app.services.errors import SchemaMismatch
-from tests.conftest import DatabaseFactory, make_settings, settings_on_new_database
-from tests.images import jpeg_bytes
+from app.core.database import INIT_SQL_PATH, Database, create_engine
+from app.errors import SchemaMismatch
+from app.models.image import ImageRow, images
+from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
+from tests.support.images import jpeg_bytes
 
 
 def test_init_sql_vector_dimension_matches_the_configured_default() -> None:
@@ -28,13 +27,9 @@ async def test_startup_creates_the_schema_on_an_empty_database_and_is_idempotent
     settings, url = await settings_on_new_database(
         create_database, tmp_path, "startup_empty", DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0
     )
-    app = create_app(settings)
 
     for _ in range(2):  # a second start on the now-initialised database changes nothing
-        async with (
-            app.router.lifespan_context(app),
-            AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
-        ):
+        async with app_client(settings) as client:
             assert (await client.get("/api/v1/images/")).json()["total"] == 0
 
     engine = create_engine(url)
@@ -55,10 +50,9 @@ async def test_startup_refuses_a_dimension_that_differs_from_the_schema(
     settings = make_settings(
         tmp_path, DATABASE_URL=url.render_as_string(hide_password=False), EMBEDDING_DIMENSION=256
     )
-    app = create_app(settings)
 
     with pytest.raises(SchemaMismatch, match="EMBEDDING_DIMENSION is 256"):
-        async with app.router.lifespan_context(app):
+        async with app_client(settings):
             pass
 
 
@@ -76,11 +70,7 @@ async def test_embedded_mode_starts_postgres_keeps_data_and_stops_cleanly(tmp_pa
     settings = make_settings(tmp_path)  # no DATABASE_URL: embedded PostgreSQL under DATA_DIR
     pgdata = settings.embedded_pgdata_dir
 
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
-    ):
+    async with app_client(settings) as client:
         upload = await client.post(
             "/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}
         )
@@ -88,13 +78,26 @@ async def test_embedded_mode_starts_postgres_keeps_data_and_stops_cleanly(tmp_pa
     assert postgres_processes_for(pgdata) == []
     assert not (pgdata / "postmaster.pid").exists()
 
-    restarted = create_app(settings)
-    async with (
-        restarted.router.lifespan_context(restarted),
-        AsyncClient(transport=ASGITransport(app=restarted), base_url="http://test") as client,
-    ):
+    async with app_client(settings) as client:
         response = await client.get(f"/api/v1/images/{image_id}")
         detailed = (await client.get("/api/v1/health/detailed")).json()
     assert response.status_code == 200
     assert detailed["database"]["mode"] == "embedded"
     assert postgres_processes_for(pgdata) == []
+
+
+def test_the_row_type_names_every_column_of_the_table() -> None:
+    assert list(ImageRow.__annotations__) == [column.name for column in images.columns]
+
+
+async def test_the_table_definition_matches_init_sql(database: Database) -> None:
+    async with database.engine.connect() as connection:
+        columns = (
+            await connection.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'images' ORDER BY ordinal_position"
+                )
+            )
+        ).scalars()
+        assert list(columns) == [column.name for column in images.columns]

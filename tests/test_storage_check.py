@@ -1,17 +1,14 @@
 """The start-up sweep and `python -m app check [--repair]`."""
 
 import os
-import uuid
 from pathlib import Path
 
-from httpx import ASGITransport, AsyncClient
-
-from app.core.database import create_engine, create_sessionmaker
-from app.main import create_app
-from app.models.image import Image
-from tests.conftest import DatabaseFactory, settings_on_new_database
-from tests.images import jpeg_bytes
-from tests.test_reembed import run_cli
+from app.core.database import create_engine
+from app.core.resources import create_store
+from tests.support.app import DatabaseFactory, app_client, settings_on_new_database
+from tests.support.cli import run_cli
+from tests.support.database import image_row
+from tests.support.images import jpeg_bytes
 
 
 def age(path: Path, seconds: float) -> None:
@@ -23,22 +20,18 @@ async def test_check_reports_and_repairs_orphans_and_missing_files(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
     settings, url = await settings_on_new_database(create_database, tmp_path, "storage_check")
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
-    ):
+    async with app_client(settings) as client:
         kept, lost = [
             (await client.post("/api/v1/images/upload", files={"file": (name, data)})).json()
             for name, data in (("a.jpg", jpeg_bytes(seed=1)), ("b.jpg", jpeg_bytes(seed=2)))
         ]
 
-    store = app.state.image_store
+    store = create_store(settings)
     files = sorted(p for p in settings.image_dir.rglob("*") if p.is_file())
     # A row whose file vanished, a file whose row vanished, and a staging leftover.
     engine = create_engine(url)
-    async with create_sessionmaker(engine)() as session:
-        row = await session.get(Image, uuid.UUID(lost["id"]))
+    async with engine.connect() as connection:
+        row = await image_row(connection, lost["id"])
         assert row is not None and row.file_path is not None
         store.absolute_path(row.file_path).unlink()
         orphan = settings.image_dir / "ab" / "cd" / ("ab" * 32 + ".jpg")
@@ -80,8 +73,7 @@ async def test_startup_sweep_removes_old_leftovers_but_not_fresh_files(
     fresh.write_bytes(b"y")
     age(old, 3600)
 
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with app_client(settings):
         pass
 
     assert not old.exists()

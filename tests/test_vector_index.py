@@ -9,21 +9,16 @@ import pytest
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.config import Settings, VectorIndexConfig
-from app.core.database import (
-    apply_schema,
-    create_engine,
-    driver_connection,
-    prepare_vector_index,
-)
+from app.core.config import VectorIndexConfig
+from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
     ensure_vector_index,
     search_settings,
 )
-from app.services import vector_service
+from app.services import search
 from bench.corpus import clustered_vectors, copy_vectors
-from tests.conftest import DatabaseFactory, make_settings
+from tests.support.app import DatabaseFactory, make_settings
 
 MODEL = "test"
 
@@ -50,8 +45,15 @@ async def explain(engine: AsyncEngine, index: VectorIndexConfig, query_id: uuid.
         # On a few thousand rows the planner may rightly prefer a sequential scan; this shows the
         # statement is one the index can serve.
         await connection.execute(text("SET enable_seqscan = off"))
-        plan = await (await driver_connection(connection)).fetch(
-            "EXPLAIN " + vector_service.nearest_images_sql(index), query_id, MODEL, 11, 0.5, 10
+        plan = await connection.execute(
+            text("EXPLAIN " + search.nearest_images_sql(index).text),
+            {
+                "image_id": query_id,
+                "model": MODEL,
+                "candidates": 11,
+                "max_distance": 0.5,
+                "limit": 10,
+            },
         )
         return "\n".join(row[0] for row in plan)
 
@@ -130,19 +132,15 @@ async def test_search_returns_exactly_the_rows_of_an_exact_computation(
     for query in range(0, 600, 60):
         for limit, threshold in ((10, -1.0), (5, 0.8), (100, 0.85), (3, 0.999)):
             async with engine.connect() as connection:
-                matches = await vector_service.find_similar_images(
-                    await driver_connection(connection),
+                matches = await search.find_similar_images(
+                    connection,
                     ids[query],
-                    vector_service.SearchOptions(MODEL, limit, threshold, 0.9, index),
+                    search.SearchOptions(MODEL, limit, threshold, 0.9, index),
                 )
             others = [i for i in np.argsort(-scores[query]) if i != query]
             expected = [ids[i] for i in others if scores[query, i] >= threshold - 1e-3][:limit]
             assert [m.id for m in matches] == expected, (query, limit, threshold)
     await engine.dispose()
-
-
-def test_default_index_is_hnsw() -> None:
-    assert Settings.model_fields["VECTOR_INDEX"].default == "hnsw"
 
 
 async def test_processes_starting_at_once_share_the_schema_and_index_work(

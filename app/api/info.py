@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from app.api.deps import EmbedderDep, SettingsDep
+from app.api.deps import ResourcesDep
 from app.core.config import SERVICE_NAME, SERVICE_VERSION
+from app.imaging.formats import BY_NAME
 from app.schemas.health import EmbeddingInfo, ServiceInfo, UploadLimitsInfo
-from app.services.image_processing import FORMAT_CONTENT_TYPES
 
 router = APIRouter()
 
@@ -15,7 +15,8 @@ router = APIRouter()
 )
 # HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
 @router.head("/info", include_in_schema=False)
-async def service_info(settings: SettingsDep, embedder: EmbedderDep) -> ServiceInfo:
+async def service_info(resources: ResourcesDep) -> ServiceInfo:
+    settings, embedder = resources.settings, resources.embedder
     formats = sorted(settings.allowed_formats)
     return ServiceInfo(
         name=SERVICE_NAME,
@@ -25,7 +26,7 @@ async def service_info(settings: SettingsDep, embedder: EmbedderDep) -> ServiceI
             max_image_pixels=settings.MAX_IMAGE_PIXELS,
             max_frames=settings.MAX_FRAMES,
             accepted_formats=formats,
-            accepted_content_types=[FORMAT_CONTENT_TYPES[name] for name in formats],
+            accepted_content_types=[BY_NAME[name].content_type for name in formats],
             allowed_extensions=settings.ALLOWED_EXTENSIONS,
         ),
         embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),

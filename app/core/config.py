@@ -11,20 +11,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import URL, make_url
 
+from app.imaging.formats import ALWAYS_ALLOWED, BY_EXTENSION
+
 SERVICE_NAME = "image-similarity-service"
 SERVICE_VERSION = "0.1.0"
-
-# File extensions (the seed's ALLOWED_EXTENSIONS vocabulary) mapped to the Pillow formats they
-# name. The format of an upload is always decided from its bytes; the extensions only say which
-# formats are accepted.
-EXTENSION_FORMATS: dict[str, str] = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".gif": "GIF",
-    ".bmp": "BMP",
-}
-ALWAYS_ALLOWED_FORMATS = frozenset({"JPEG", "PNG"})
 
 
 @dataclass(frozen=True)
@@ -131,16 +121,16 @@ class Settings(BaseSettings):
     @classmethod
     def _known_extensions(cls, value: list[str]) -> list[str]:
         normalised = [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
-        unknown = sorted(set(normalised) - EXTENSION_FORMATS.keys())
+        unknown = sorted(set(normalised) - BY_EXTENSION.keys())
         if unknown:
-            known = ", ".join(EXTENSION_FORMATS)
+            known = ", ".join(BY_EXTENSION)
             raise ValueError(f"unsupported extensions {unknown}; known: {known}")
         return normalised
 
     @property
     def allowed_formats(self) -> frozenset[str]:
         """Pillow format names accepted for upload (JPEG and PNG always)."""
-        return ALWAYS_ALLOWED_FORMATS | {EXTENSION_FORMATS[ext] for ext in self.ALLOWED_EXTENSIONS}
+        return ALWAYS_ALLOWED | {BY_EXTENSION[ext].name for ext in self.ALLOWED_EXTENSIONS}
 
     @property
     def data_dir(self) -> Path:

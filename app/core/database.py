@@ -1,34 +1,28 @@
-"""Engine, sessions and the schema from init.sql."""
+"""The one way to PostgreSQL: one engine, one pool, one connection per request.
+
+Requests get an `AsyncConnection` of the engine's pool in autocommit mode, so a read costs its
+own round trips only (no BEGIN and ROLLBACK around it). Writes run inside `transaction()`.
+Statements are SQLAlchemy Core: no ORM session on the request path.
+"""
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Literal
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-from fastapi import Request
 from sqlalchemy import URL, event, text
-from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database, watched
-from app.core.vector_index import (
-    IndexStatus,
-    ensure_vector_index,
-    schema_lock,
-    search_settings,
-)
-from app.services.errors import SchemaMismatch
+from app.core.vector_index import IndexStatus, ensure_vector_index, schema_lock, search_settings
+from app.errors import SchemaMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +34,13 @@ INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
 CONNECT_TIMEOUT_SECONDS = 5
 COMMAND_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 10_000
-# What searches run on: a search-pool connection (or, in tests, one inside a transaction).
-SearchConnection = asyncpg.Connection | PoolConnectionProxy
+
+DatabaseMode = Literal["embedded", "external"]
+
+
+def database_mode(settings: Settings) -> DatabaseMode:
+    """Whether the service runs a PostgreSQL of its own (DATABASE_URL unset) or uses one."""
+    return "external" if settings.external_database_url() else "embedded"
 
 
 def create_engine(
@@ -52,110 +51,114 @@ def create_engine(
     server_settings: dict[str, str] | None = None,
     command_timeout: float | None = COMMAND_TIMEOUT_SECONDS,
 ) -> AsyncEngine:
+    """An engine whose connections are in autocommit mode until `transaction()` says otherwise.
+
+    `server_settings` are set on every connection at connect time (the index scan settings);
+    `command_timeout=None` is for maintenance work that may take minutes (index builds)."""
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=CONNECT_TIMEOUT_SECONDS,
-        connect_args=_connect_arguments(server_settings, command_timeout),
+        connect_args={
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            "command_timeout": command_timeout,
+            "server_settings": {
+                "statement_timeout": str(STATEMENT_TIMEOUT_MS if command_timeout else 0),
+                "application_name": "image-similarity-service",
+                **(server_settings or {}),
+            },
+        },
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
-    return engine
-
-
-def _connect_arguments(
-    server_settings: dict[str, str] | None, command_timeout: float | None
-) -> dict[str, Any]:
-    """asyncpg's connection arguments, the same for the engine and the search pool."""
-    return {
-        "timeout": CONNECT_TIMEOUT_SECONDS,
-        "command_timeout": command_timeout,
-        "server_settings": {
-            "statement_timeout": str(STATEMENT_TIMEOUT_MS if command_timeout else 0),
-            "application_name": "image-similarity-service",
-            **(server_settings or {}),
-        },
-    }
-
-
-async def _keep_session_state(connection: asyncpg.Connection) -> None:
-    """Searches change no session state (no SET, LISTEN, locks or cursors), so a connection
-    goes back to the pool as it is. asyncpg's default reset costs a round trip per release;
-    an open transaction is still rolled back by asyncpg itself."""
-
-
-@asynccontextmanager
-async def open_search_pool(url: URL, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A plain asyncpg pool (autocommit) for the similarity searches, the hot path.
-
-    Checking a connection out of SQLAlchemy's pool and back in costs about 0.1 ms of CPU per
-    request (measured), a sizeable share of a search. Bounded by DB_POOL_SIZE; a connection the
-    server closed is replaced when it is next acquired."""
-    pool = await asyncpg.create_pool(
-        url.set(drivername="postgresql").render_as_string(hide_password=False),
-        min_size=1,
-        max_size=settings.DB_POOL_SIZE,
-        reset=_keep_session_state,
-        **_connect_arguments(search_settings(settings.vector_index), COMMAND_TIMEOUT_SECONDS),
-    )
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _discard_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """Connections the server closed (a restart) are replaced at checkout, at no cost.
 
-    Cheaper than `pool_pre_ping`, which pays a round trip on every checkout (measured here:
-    0.25 to 0.45 ms, as much as a whole similarity search): asyncpg notices the closed socket
-    by itself, so asking it is enough."""
+    Cheaper than `pool_pre_ping`, which pays a round trip on every checkout (as much as a whole
+    similarity search, `bench.search`): asyncpg notices the closed socket by itself."""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("connection closed by the server")
 
 
-async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy one, inside its transaction if one is open."""
-    raw = await connection.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
+def _in_autocommit(connection: AsyncConnection) -> bool:
+    options = connection.sync_connection.get_execution_options()  # type: ignore[union-attr]
+    return bool(options.get("isolation_level") == "AUTOCOMMIT")
 
 
-class Transactions(Protocol):
-    """Opens a write transaction on a plain asyncpg connection (committed when the block ends
-    without an error, rolled back otherwise)."""
+@asynccontextmanager
+async def transaction(connection: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """Run the block as one transaction: committed when it ends, rolled back on an error.
 
-    def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
-
-
-class PoolTransactions:
-    """Write transactions on connections of the engine's pool, through asyncpg itself.
-
-    What uploads write with: SQLAlchemy's session, ORM and statement handling cost more event-
-    loop CPU than the statements do (measured: about a millisecond per upload), and the pool
-    stays the one the other requests use, apart from the searches'."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.engine.connect() as connection:
-            driver = await driver_connection(connection)
-            async with driver.transaction():
-                yield driver
+    On an autocommit connection (every connection of the engine) this is BEGIN ... COMMIT, and
+    the connection is back in autocommit mode afterwards. On a connection that already runs a
+    transaction of its caller (a test's, rolled back at its end) the block is a SAVEPOINT."""
+    if not _in_autocommit(connection):
+        async with connection.begin_nested():
+            yield connection
+        return
+    if connection.in_transaction():
+        # SQLAlchemy's record of earlier autocommit statements; nothing is sent to the server.
+        await connection.commit()
+    await connection.execution_options(isolation_level="READ COMMITTED")
+    try:
+        async with connection.begin():
+            yield connection
+    finally:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+# asyncpg's errors for lost or refused connections, a server shutting down or starting up, and
+# statements cut short (statement_timeout).
+_UNAVAILABLE_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
+UNAVAILABLE_EXCEPTIONS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    DisconnectionError,
+    OSError,
+    TimeoutError,
+    # Raised by asyncpg itself while connecting (e.g. "the database system is starting up").
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means PostgreSQL could not be reached or did not answer in time (a 503),
+    rather than a fault in the statement (a bug: a 500)."""
+    if isinstance(exc, (PoolTimeoutError, DisconnectionError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        # The adapter wraps asyncpg's error; the original is its cause.
+        return any(
+            isinstance(cause, (*_UNAVAILABLE_ERRORS, OSError, TimeoutError))
+            for cause in (exc.orig, exc.orig.__cause__ if exc.orig else None)
+        )
+    return isinstance(exc, _UNAVAILABLE_ERRORS)
 
 
 async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None:
-    """Apply init.sql (idempotent) and check that its vector column has the configured size."""
+    """Apply init.sql (idempotent) and check that its vector column has the configured size.
+
+    Raises SchemaMismatch when the stored column's dimension differs."""
     schema_sql = INIT_SQL_PATH.read_text()
     async with schema_lock(engine) as connection:
-        # asyncpg runs a multi-statement script through the simple query protocol, which
-        # PostgreSQL runs as one transaction.
-        await (await driver_connection(connection)).execute(schema_sql)
+        # A script of several statements needs the simple query protocol (PostgreSQL runs it
+        # as one transaction), which only asyncpg's own `execute` without arguments speaks.
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.execute(schema_sql)  # type: ignore[union-attr]
         stored_dimension = await connection.scalar(
             text(
                 "SELECT atttypmod FROM pg_attribute "
@@ -170,11 +173,17 @@ async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None
         )
 
 
+@dataclass(frozen=True)
+class Database:
+    engine: AsyncEngine
+    url: URL
+
+
 @asynccontextmanager
 async def open_database(
     settings: Settings, *, prepare_index: bool = True
-) -> AsyncIterator[AsyncEngine]:
-    """The configured PostgreSQL (embedded one started if DATABASE_URL is unset), with the
+) -> AsyncIterator[Database]:
+    """The configured PostgreSQL (the embedded one started if DATABASE_URL is unset), with the
     schema applied and (unless told otherwise) the vector index in place. Everything started
     here is stopped on exit."""
     async with AsyncExitStack() as stack:
@@ -195,7 +204,7 @@ async def open_database(
         await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
         if prepare_index:
             await prepare_vector_index(url, settings)
-        yield engine
+        yield Database(engine, url)
 
 
 async def prepare_vector_index(
@@ -210,33 +219,3 @@ async def prepare_vector_index(
         await maintenance.dispose()
     logger.info("vector index %s: %s", status.action, status.definition or "none")
     return status
-
-
-def autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """The same pool for requests that only read: autocommit, so a read costs its own round
-    trips only (no BEGIN and ROLLBACK around it)."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        yield session
-
-
-async def get_search_connection(request: Request) -> AsyncIterator[SearchConnection]:
-    """A connection of the search pool; waits CONNECT_TIMEOUT_SECONDS at most (then 503)."""
-    pool: asyncpg.Pool = request.app.state.search_pool
-    async with pool.acquire(timeout=CONNECT_TIMEOUT_SECONDS) as connection:
-        yield connection
-
-
-async def get_transactions(request: Request) -> Transactions:
-    transactions: Transactions = request.app.state.transactions
-    return transactions
-
-
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session:
-        yield session

@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +90,32 @@ async def ensure_database(server_dsn: str, name: str) -> URL:
     finally:
         await connection.close()
     return make_url(server_dsn).set(drivername="postgresql+asyncpg", database=name)
+
+
+async def recreate_database(server_dsn: str, name: str) -> URL:
+    """Drop database `name` (closing its connections) and create it empty; its URL. For the
+    tests and benchmarks, which work in databases of their own."""
+    connection = await asyncpg.connect(server_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+    return await ensure_database(server_dsn, name)
+
+
+@contextmanager
+def postgres_server(external_url: str | None, folder: Path) -> Iterator[str]:
+    """A libpq DSN for a server to create databases on: `external_url`'s server when given,
+    else an embedded server in `folder`, stopped on exit. For the tests and benchmarks."""
+    if external_url:
+        yield (
+            make_url(external_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        return
+    server = EmbeddedPostgres(folder / "pgdata")
+    try:
+        yield server.start()
+    finally:
+        server.stop()

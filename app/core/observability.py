@@ -55,7 +55,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.pool = Gauge(
-            "db_pool_connections", "Database connections by pool and state", ["pool", "state"],
+            "db_pool_connections", "Database connections of the pool by state", ["state"],
             registry=self.registry,
         )  # fmt: skip
         self.images = Gauge("images_stored", "Images stored", registry=self.registry)

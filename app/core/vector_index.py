@@ -11,12 +11,16 @@ on while an index is (re)built.
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Dialect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import UserDefinedType
 
 from app.core.config import VectorIndexConfig
 
@@ -169,3 +173,40 @@ async def _reconcile(
     await connection.execute(text(f"ALTER INDEX {_BUILD_NAME} RENAME TO {INDEX_NAME}"))
     await connection.execute(text(f"COMMENT ON INDEX {INDEX_NAME} IS '{definition}'"))
     return IndexStatus("built", definition)
+
+
+def vector_text(vector: NDArray[np.float32]) -> str:
+    """pgvector's text form, `[0.1,0.2,...]`; nine significant digits give back every float32
+    exactly."""
+    return "[" + ",".join([f"{value:.9g}" for value in vector.tolist()]) + "]"
+
+
+def parse_vector(text: str) -> NDArray[np.float32]:
+    """The inverse of `vector_text` (pgvector's text output)."""
+    return np.array(text[1:-1].split(","), dtype=np.float32)
+
+
+class EmbeddingVector(UserDefinedType[NDArray[np.float32]]):
+    """The `vector` column: numpy float32 arrays in and out, through pgvector's text form.
+
+    Dimension-free: the column type in init.sql enforces it (checked at start-up against
+    EMBEDDING_DIMENSION)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "VECTOR"
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], str | None]:
+        def process(value: Any) -> str | None:
+            return None if value is None else vector_text(np.asarray(value, dtype=np.float32))
+
+        return process
+
+    def result_processor(
+        self, dialect: Dialect, coltype: object
+    ) -> Callable[[Any], NDArray[np.float32] | None]:
+        def process(value: Any) -> NDArray[np.float32] | None:
+            return None if value is None else parse_vector(value)
+
+        return process

@@ -1,42 +1,60 @@
-"""The `images` table, as defined in init.sql."""
+"""The `images` table as init.sql defines it: the one column list that inserts, reads, the
+benchmark's COPY and the test helpers use."""
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
-from pgvector.sqlalchemy import Vector
-from sqlalchemy import DateTime, Integer, String, func
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.core.vector_index import EmbeddingVector
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("filename", String(255), nullable=False),
+    Column("original_filename", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("file_size", Integer, nullable=False),
+    Column("file_path", String(512)),
+    Column("content_hash", String(64), nullable=False, unique=True),
+    Column("format", String(16), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("upload_timestamp", DateTime(timezone=True), nullable=False),
+    Column("processed_timestamp", DateTime(timezone=True)),
+    Column("embedding_vector", EmbeddingVector(), nullable=False),
+    Column("embedding_model", String(64), nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("processing_status", String(50), nullable=False),
+)
+
+# Every column but the vector (about 2 KB a row), for reads that return records.
+RECORD_COLUMNS = tuple(column for column in images.columns if column.name != "embedding_vector")
 
 
-class Base(DeclarativeBase):
-    pass
+class ImageRow(TypedDict):
+    """One row of `images`, as inserted (a test checks the keys against the table)."""
 
-
-class Image(Base):
-    __tablename__ = "images"
-
-    id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), primary_key=True, server_default=func.gen_random_uuid()
-    )
-    filename: Mapped[str] = mapped_column(String(255))
-    original_filename: Mapped[str] = mapped_column(String(255))
-    content_type: Mapped[str] = mapped_column(String(100))
-    file_size: Mapped[int] = mapped_column(Integer)
-    file_path: Mapped[str | None] = mapped_column(String(512))
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    format: Mapped[str] = mapped_column(String(16))
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    upload_timestamp: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    processed_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The dimension is enforced by the column type in init.sql; start-up checks it against
-    # EMBEDDING_DIMENSION, so the ORM type stays dimension-free.
-    embedding_vector: Mapped[Any] = mapped_column(Vector())
-    embedding_model: Mapped[str] = mapped_column(String(64))
-    # "metadata" is reserved on declarative classes, hence the attribute name.
-    image_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
-    processing_status: Mapped[str] = mapped_column(String(50), default="pending")
+    id: uuid.UUID
+    filename: str
+    original_filename: str
+    content_type: str
+    file_size: int
+    file_path: str | None
+    content_hash: str
+    format: str
+    width: int
+    height: int
+    upload_timestamp: datetime
+    processed_timestamp: datetime | None
+    embedding_vector: NDArray[np.float32]
+    embedding_model: str
+    metadata: dict[str, Any]
+    processing_status: str

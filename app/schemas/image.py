@@ -15,7 +15,7 @@ class ImageUploadResponse(BaseModel):
 
 
 class ImageRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+    model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
     filename: str = Field(description="The client's filename, reduced to a safe display name")
@@ -29,7 +29,6 @@ class ImageRead(BaseModel):
     processed_timestamp: datetime | None
     processing_status: str = Field(examples=["completed"])
     metadata: dict[str, Any] = Field(
-        validation_alias="image_metadata",
         description="Mode, transparency, frames, a safe EXIF subset and the embedding model",
     )
 

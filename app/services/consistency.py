@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
-from app.models.image import Image
-from app.services.storage import ImageStore
+from app.core.storage import ImageStore
+from app.models.image import images
 
 DEFAULT_MIN_AGE_SECONDS = 60.0
 
@@ -32,13 +32,13 @@ class StorageReport:
 
 
 async def check_storage(
-    session: AsyncSession,
+    connection: AsyncConnection,
     *,
     store: ImageStore,
     repair: bool,
     min_age_seconds: float = DEFAULT_MIN_AGE_SECONDS,
 ) -> StorageReport:
-    rows = (await session.execute(select(Image.id, Image.file_path))).tuples().all()
+    rows = (await connection.execute(select(images.c.id, images.c.file_path))).tuples().all()
     files = await run_in_threadpool(store.stored_files)
     staging = await run_in_threadpool(store.staging_files)
     cutoff = time.time() - min_age_seconds

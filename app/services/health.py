@@ -1,11 +1,14 @@
-"""Database checks for the health endpoints."""
+"""Database checks for the health endpoints.
+
+They take the engine, not a request connection: whether a connection can be had at all is what
+they report, so acquiring one is part of the check (and of its timeout)."""
 
 import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.vector_index import describe_vector_index
 from app.services.images import count_by_model
@@ -24,24 +27,25 @@ class DatabaseStatus:
     error: str | None = None
 
 
-async def ping_database(session: AsyncSession) -> bool:
+async def ping_database(engine: AsyncEngine) -> bool:
+    """Whether a connection can be had and answers, within CHECK_TIMEOUT_SECONDS."""
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            await session.execute(text("SELECT 1"))
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError, TimeoutError):
         return False
     return True
 
 
-async def inspect_database(session: AsyncSession) -> DatabaseStatus:
+async def inspect_database(engine: AsyncEngine) -> DatabaseStatus:
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            server_version = await session.scalar(text("SHOW server_version"))
-            pgvector_version = await session.scalar(
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), engine.connect() as connection:
+            server_version = await connection.scalar(text("SHOW server_version"))
+            pgvector_version = await connection.scalar(
                 text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             )
-            images_by_model = await count_by_model(session)
-            vector_index = await describe_vector_index(await session.connection())
+            images_by_model = await count_by_model(connection)
+            vector_index = await describe_vector_index(connection)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class name only: driver messages can carry hosts, paths or SQL.
         return DatabaseStatus(available=False, error=type(exc).__name__)

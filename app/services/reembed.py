@@ -12,15 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
-from app.models.image import Image
-from app.services.embeddings import Embedder
-from app.services.errors import ServiceError
-from app.services.image_processing import FORMAT_CONTENT_TYPES, analyse_image
+from app.core.database import transaction
+from app.core.storage import ImageStore
+from app.errors import ServiceError
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import Embedder
+from app.imaging.formats import BY_NAME
+from app.models.image import images
 from app.services.images import count_stale_embeddings
-from app.services.storage import ImageStore
 
 ProgressCallback = Callable[["ReembedProgress"], None]
 
@@ -41,7 +43,7 @@ def _read(path: Path) -> bytes:
 
 
 async def reembed_images(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     *,
     store: ImageStore,
     embedder: Embedder,
@@ -49,37 +51,37 @@ async def reembed_images(
     batch_size: int = 100,
     on_progress: ProgressCallback | None = None,
 ) -> ReembedProgress:
-    async with sessionmaker() as session:
-        progress = ReembedProgress(total=await count_stale_embeddings(session, model=embedder.name))
+    async with engine.connect() as connection:
+        total = await count_stale_embeddings(connection, model=embedder.name)
+    progress = ReembedProgress(total=total)
     after: uuid.UUID | None = None
     while True:
-        async with sessionmaker() as session:
+        async with engine.connect() as connection, transaction(connection):
             query = (
-                select(Image.id, Image.file_path, Image.image_metadata)
-                .where(Image.embedding_model != embedder.name)
-                .order_by(Image.id)
+                select(images.c.id, images.c.file_path, images.c.metadata)
+                .where(images.c.embedding_model != embedder.name)
+                .order_by(images.c.id)
                 .limit(batch_size)
             )
             if after is not None:
-                query = query.where(Image.id > after)
-            batch = (await session.execute(query)).all()
+                query = query.where(images.c.id > after)
+            batch = (await connection.execute(query)).all()
             if not batch:
                 return progress
             for image_id, relative_path, metadata in batch:
                 if await _reembed_one(
-                    session, image_id, relative_path, metadata, store, embedder, max_pixels
+                    connection, image_id, relative_path, metadata, store, embedder, max_pixels
                 ):
                     progress.updated += 1
                 else:
                     progress.failed += 1
-            await session.commit()
             after = batch[-1][0]
         if on_progress is not None:
             on_progress(progress)
 
 
 async def _reembed_one(
-    session: AsyncSession,
+    connection: AsyncConnection,
     image_id: uuid.UUID,
     relative_path: str | None,
     metadata: dict[str, object],
@@ -94,19 +96,19 @@ async def _reembed_one(
         analysed = await run_in_threadpool(
             analyse_image,
             data,
-            allowed_formats=frozenset(FORMAT_CONTENT_TYPES),
+            allowed_formats=frozenset(BY_NAME),
             max_pixels=max_pixels,
             embedder=embedder,
         )
     except (OSError, ServiceError):
         return False  # missing or unreadable file: left as it is, reported as failed
-    await session.execute(
-        update(Image)
-        .where(Image.id == image_id)
+    await connection.execute(
+        update(images)
+        .where(images.c.id == image_id)
         .values(
             embedding_vector=analysed.embedding,
             embedding_model=embedder.name,
-            image_metadata={**metadata, "embedding": analysed.metadata["embedding"]},
+            metadata={**metadata, "embedding": analysed.metadata["embedding"]},
             processed_timestamp=datetime.now(UTC),
         )
     )

@@ -4,21 +4,13 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
+from httpx import AsyncClient
+from sqlalchemy import make_url
 
-from app.core.database import (
-    PoolTransactions,
-    create_engine,
-    create_sessionmaker,
-    get_read_session,
-    get_session,
-)
-from app.main import create_app
-from tests.conftest import make_settings
+from app.core.database import Database, create_engine
+from tests.support.app import MakeClient, app_client, make_settings
+from tests.support.images import jpeg_bytes
 
 
 async def test_health_answers_200_with_and_without_trailing_slash(client: AsyncClient) -> None:
@@ -55,18 +47,9 @@ async def test_detailed_health_reports_database_pgvector_and_embedding(
     assert body["uptime_seconds"] >= 0
 
 
-async def test_detailed_health_never_shows_secrets(tmp_path: Path, session: AsyncSession) -> None:
-    settings = make_settings(
-        tmp_path, DATABASE_URL="postgresql://admin:s3cr3t-pw@db.internal:5432/images"
-    )
-    app = create_app(settings)
-
-    async def override_session() -> AsyncIterator[AsyncSession]:
-        yield session
-
-    app.dependency_overrides[get_session] = override_session
-    app.dependency_overrides[get_read_session] = override_session
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+async def test_detailed_health_never_shows_secrets(make_client: MakeClient) -> None:
+    database_url = "postgresql://admin:s3cr3t-pw@db.internal:5432/images"
+    async with make_client(DATABASE_URL=database_url) as client:
         body = (await client.get("/api/v1/health/detailed")).text
 
     assert "s3cr3t-pw" not in body
@@ -76,27 +59,12 @@ async def test_detailed_health_never_shows_secrets(tmp_path: Path, session: Asyn
 
 @pytest.fixture
 async def database_down_client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
-    """The app wired to a PostgreSQL address where nothing listens."""
-    from sqlalchemy import make_url
-
-    engine = create_engine(make_url("postgresql+asyncpg://postgres@127.0.0.1:9/nothing"))
-    sessionmaker = create_sessionmaker(engine)
-    app: FastAPI = create_app(make_settings(tmp_path))
-
-    async def dead_session() -> AsyncIterator[AsyncSession]:
-        async with sessionmaker() as session:
-            yield session
-
-    app.dependency_overrides[get_session] = dead_session
-    app.dependency_overrides[get_read_session] = dead_session
-    app.state.transactions = PoolTransactions(engine)
-    app.state.search_pool = await asyncpg.create_pool(
-        "postgresql://postgres@127.0.0.1:9/nothing", min_size=0
-    )
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+    """The app on a PostgreSQL address where nothing listens."""
+    url = make_url("postgresql+asyncpg://postgres@127.0.0.1:9/nothing")
+    dead = Database(create_engine(url), url)
+    async with app_client(make_settings(tmp_path), database=dead) as client:
         yield client
-    await app.state.search_pool.close()
-    await engine.dispose()
+    await dead.engine.dispose()
 
 
 async def test_probes_with_the_database_down(database_down_client: AsyncClient) -> None:
@@ -170,8 +138,6 @@ async def test_unknown_routes_and_methods_get_the_json_error_shape(client: Async
 async def test_upload_with_the_database_down_is_a_503_and_leaves_no_file(
     database_down_client: AsyncClient, tmp_path: Path
 ) -> None:
-    from tests.images import jpeg_bytes
-
     response = await database_down_client.post(
         "/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}
     )

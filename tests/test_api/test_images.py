@@ -3,47 +3,22 @@
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from PIL import Image as PILImage
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import Settings
-from app.models.image import Image
-from tests.conftest import build_app, make_settings
-from tests.images import encode, jpeg_bytes, photo, png_bytes, scene
-
-UPLOAD = "/api/v1/images/upload"
-
-
-async def upload(
-    client: AsyncClient, data: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg"
-) -> Any:
-    return await client.post(UPLOAD, files={"file": (filename, data, content_type)})
-
-
-async def row_count(session: AsyncSession) -> int:
-    return await session.scalar(select(func.count()).select_from(Image)) or 0
-
-
-def stored_files(settings: Settings) -> list[Path]:
-    return [path for path in settings.image_dir.rglob("*") if path.is_file()]
-
-
-def assert_error(response: Any, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code
-    assert isinstance(body["detail"], str) and body["detail"]
+from tests.support.app import MakeClient
+from tests.support.database import image_row, row_count
+from tests.support.http import UPLOAD, assert_error, stored_files, upload
+from tests.support.images import encode, jpeg_bytes, photo, png_bytes, scene
 
 
 async def test_upload_jpeg_returns_201_and_stores_row_and_file(
-    client: AsyncClient, session: AsyncSession, settings: Settings
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
     data = jpeg_bytes(120, 80)
     response = await upload(client, data, "holiday.jpg")
@@ -53,7 +28,7 @@ async def test_upload_jpeg_returns_201_and_stores_row_and_file(
     assert body["filename"] == "holiday.jpg"
     assert body["processing_status"] == "completed"
     assert body["message"] == "Image uploaded and processed successfully"
-    image = await session.get(Image, uuid.UUID(body["id"]))
+    image = await image_row(connection, body["id"])
     assert image is not None
     assert image.file_size == len(data)
     assert [path.read_bytes() for path in stored_files(settings)] == [data]
@@ -102,7 +77,7 @@ async def test_upload_decides_the_format_from_bytes_not_name_or_content_type(
 
 
 async def test_uploading_the_same_bytes_again_returns_200_and_the_existing_id(
-    client: AsyncClient, session: AsyncSession, settings: Settings
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
     data = jpeg_bytes()
     first = await upload(client, data, "a.jpg")
@@ -111,7 +86,7 @@ async def test_uploading_the_same_bytes_again_returns_200_and_the_existing_id(
     assert (first.status_code, second.status_code) == (201, 200)
     assert second.json()["id"] == first.json()["id"]
     assert "already stored" in second.json()["message"]
-    assert await row_count(session) == 1
+    assert await row_count(connection) == 1
     assert len(stored_files(settings)) == 1
 
 
@@ -168,21 +143,19 @@ async def test_upload_accepts_gif_by_default(client: AsyncClient) -> None:
     ids=["text", "tiff", "pdf", "svg", "ico", "webp", "psd", "eps"],
 )
 async def test_upload_rejects_non_images_with_415_and_stores_nothing(
-    client: AsyncClient, session: AsyncSession, settings: Settings, data: bytes, filename: str
+    client: AsyncClient, connection: AsyncConnection, settings: Settings, data: bytes, filename: str
 ) -> None:
     response = await upload(client, data, filename)
 
     assert_error(response, 415, "unsupported_image_format")
-    assert await row_count(session) == 0
+    assert await row_count(connection) == 0
     assert stored_files(settings) == []
 
 
 async def test_upload_rejects_formats_left_out_of_allowed_extensions(
-    tmp_path: Path, session: AsyncSession
+    make_client: MakeClient,
 ) -> None:
-    settings = make_settings(tmp_path, ALLOWED_EXTENSIONS=".jpg,.png")
-    app = build_app(settings, session)
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+    async with make_client(ALLOWED_EXTENSIONS=".jpg,.png") as client:
         response = await upload(client, encode(photo(), "GIF"), "anim.gif", "image/gif")
     assert_error(response, 415, "unsupported_image_format")
 
@@ -193,12 +166,12 @@ async def test_upload_rejects_formats_left_out_of_allowed_extensions(
     ids=["truncated-jpeg", "corrupt-png"],
 )
 async def test_upload_rejects_corrupt_images_with_422_and_stores_nothing(
-    client: AsyncClient, session: AsyncSession, settings: Settings, data: bytes
+    client: AsyncClient, connection: AsyncConnection, settings: Settings, data: bytes
 ) -> None:
     response = await upload(client, data)
 
     assert_error(response, 422, "invalid_image")
-    assert await row_count(session) == 0
+    assert await row_count(connection) == 0
     assert stored_files(settings) == []
 
 
@@ -221,10 +194,8 @@ async def test_upload_with_a_malformed_body_is_a_4xx_json_error(client: AsyncCli
 
 
 @pytest.fixture
-async def small_limit_client(tmp_path: Path, session: AsyncSession) -> AsyncIterator[AsyncClient]:
-    settings = make_settings(tmp_path, MAX_FILE_SIZE=100_000, MAX_IMAGE_PIXELS=10_000)
-    app: FastAPI = build_app(settings, session)
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+async def small_limit_client(make_client: MakeClient) -> AsyncIterator[AsyncClient]:
+    async with make_client(MAX_FILE_SIZE=100_000, MAX_IMAGE_PIXELS=10_000) as client:
         yield client
 
 
@@ -259,22 +230,21 @@ async def test_upload_of_too_many_pixels_is_a_422(small_limit_client: AsyncClien
 
 
 async def test_upload_of_a_20000_by_20000_png_is_refused_before_decoding(
-    client: AsyncClient, session: AsyncSession
+    client: AsyncClient, connection: AsyncConnection
 ) -> None:
     # A few hundred KB on the wire, 1.2 GB once decoded: refused from its header.
     bomb = encode(PILImage.new("1", (20000, 20000)), "PNG")
     assert len(bomb) < 1_000_000
     assert_error(await upload(client, bomb, "bomb.png", "image/png"), 422, "image_too_large")
-    assert await row_count(session) == 0
+    assert await row_count(connection) == 0
 
 
 async def test_upload_with_more_frames_than_max_frames_is_a_422(
-    tmp_path: Path, session: AsyncSession
+    make_client: MakeClient,
 ) -> None:
-    app = build_app(make_settings(tmp_path, MAX_FRAMES=2), session)
     frames = [photo(seed=seed) for seed in range(3)]
     animation = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+    async with make_client(MAX_FRAMES=2) as client:
         response = await upload(client, animation, "anim.gif", "image/gif")
     assert_error(response, 422, "image_too_large")
     assert "frames" in response.json()["detail"]
@@ -287,22 +257,20 @@ async def test_a_broken_icc_profile_does_not_cost_the_upload(client: AsyncClient
 
 
 async def test_failed_insert_leaves_no_file_behind(
-    app: FastAPI, session: AsyncSession, settings: Settings
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
     # A real database failure at insert time, from a trigger (rolled back with the test).
-    await session.execute(
+    await connection.execute(
         text(
             "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$"
         )
     )
-    await session.execute(
+    await connection.execute(
         text("CREATE TRIGGER fail_insert BEFORE INSERT ON images EXECUTE FUNCTION fail_insert()")
     )
 
-    transport = ASGITransport(app=app, raise_app_exceptions=False)
-    async with AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await upload(client, jpeg_bytes())
+    response = await upload(client, jpeg_bytes())
 
     assert_error(response, 500, "internal_error")
     assert "disk on fire" not in response.text
@@ -396,9 +364,8 @@ async def test_similar_finds_an_edited_copy_at_the_default_threshold(client: Asy
     assert body["similar_images"][0]["similarity_score"] > 0.9
 
 
-async def test_hash_model_only_finds_identical_bytes(tmp_path: Path, session: AsyncSession) -> None:
-    app = build_app(make_settings(tmp_path, EMBEDDING_MODEL="hash"), session)
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+async def test_hash_model_only_finds_identical_bytes(make_client: MakeClient) -> None:
+    async with make_client(EMBEDDING_MODEL="hash") as client:
         original = scene(640, 480, seed=1)
         query = (await upload(client, encode(original, "JPEG", quality=90))).json()["id"]
         await upload(client, encode(original.resize((320, 240)), "JPEG", quality=40))
@@ -426,7 +393,7 @@ async def test_similar_rejects_out_of_range_parameters(client: AsyncClient, quer
 
 
 async def test_delete_removes_row_and_file_and_a_second_delete_is_a_404(
-    client: AsyncClient, session: AsyncSession, settings: Settings
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
     image_id = (await upload(client, jpeg_bytes())).json()["id"]
 
@@ -434,7 +401,7 @@ async def test_delete_removes_row_and_file_and_a_second_delete_is_a_404(
 
     assert response.status_code == 204
     assert response.content == b""
-    assert await row_count(session) == 0
+    assert await row_count(connection) == 0
     assert stored_files(settings) == []
     assert_error(await client.get(f"/api/v1/images/{image_id}"), 404, "image_not_found")
     assert_error(await client.delete(f"/api/v1/images/{image_id}"), 404, "image_not_found")
@@ -453,15 +420,12 @@ async def test_deleted_bytes_can_be_uploaded_again(client: AsyncClient, settings
 
 
 async def test_unwritable_storage_is_a_503_and_leaves_no_row(
-    tmp_path: Path, session: AsyncSession
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
-    settings = make_settings(tmp_path)
-    app = build_app(settings, session)
     # Storage root replaced by a plain file: every directory creation under it fails.
     shutil.rmtree(settings.image_dir)
     settings.image_dir.write_bytes(b"")
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
-        response = await upload(client, jpeg_bytes())
+    response = await upload(client, jpeg_bytes())
 
     assert_error(response, 503, "storage_unavailable")
-    assert await row_count(session) == 0
+    assert await row_count(connection) == 0

@@ -3,16 +3,13 @@
 import json
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
+from httpx import AsyncClient
 
 from app.core.observability import JsonFormatter, RequestIdFilter
-from tests.conftest import build_app, make_settings
-from tests.images import jpeg_bytes
+from tests.support.app import MakeClient
+from tests.support.images import jpeg_bytes
 
 
 async def test_every_response_carries_a_request_id(client: AsyncClient) -> None:
@@ -82,9 +79,8 @@ async def test_metrics_name_the_route_that_served_the_request(client: AsyncClien
 
 
 @pytest.fixture
-async def admin_client(tmp_path: Path, session: AsyncSession) -> AsyncIterator[AsyncClient]:
-    app: FastAPI = build_app(make_settings(tmp_path, ADMIN_TOKEN="s3cret"), session)  # noqa: S106
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:
+async def admin_client(make_client: MakeClient) -> AsyncIterator[AsyncClient]:
+    async with make_client(ADMIN_TOKEN="s3cret") as client:  # noqa: S106
         yield client
 
 

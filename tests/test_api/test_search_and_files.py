@@ -6,15 +6,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from httpx import AsyncClient
 from PIL import Image as PILImage
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import Settings
-from tests.images import encode, jpeg_bytes, png_bytes, scene
-from tests.test_api.test_images import assert_error, row_count, stored_files, upload
+from tests.support.database import row_count
+from tests.support.http import assert_error, stored_files, upload
+from tests.support.images import encode, jpeg_bytes, png_bytes, scene
 
 
 async def test_search_by_an_uploaded_image_labels_matches_and_stores_nothing(
-    client: AsyncClient, session: AsyncSession, settings: Settings
+    client: AsyncClient, connection: AsyncConnection, settings: Settings
 ) -> None:
     original = scene(640, 480, seed=1)
     exact_bytes = encode(original, "JPEG", quality=90)
@@ -23,7 +24,7 @@ async def test_search_by_an_uploaded_image_labels_matches_and_stores_nothing(
         "id"
     ]
     unrelated = (await upload(client, encode(scene(640, 480, seed=2), "JPEG"))).json()["id"]
-    rows_before, files_before = await row_count(session), stored_files(settings)
+    rows_before, files_before = await row_count(connection), stored_files(settings)
 
     response = await client.post(
         "/api/v1/images/search",
@@ -38,7 +39,7 @@ async def test_search_by_an_uploaded_image_labels_matches_and_stores_nothing(
     assert labels == {stored: "exact", edited: "near_duplicate"}
     assert unrelated not in labels
     assert body["total_results"] == 2
-    assert await row_count(session) == rows_before
+    assert await row_count(connection) == rows_before
     assert stored_files(settings) == files_before
 
 

@@ -12,12 +12,12 @@ from numpy.typing import NDArray
 from PIL import ImageOps
 
 from app.core.config import Settings
-from app.main import create_app
-from app.services.cnn_embedder import REQUIRED_MODULES, CnnUnavailable
-from app.services.embeddings import create_embedder
-from app.services.image_processing import analyse_image
-from tests.conftest import make_settings
-from tests.images import encode, scene
+from app.core.resources import open_resources
+from app.imaging.analysis import analyse_image
+from app.imaging.cnn import REQUIRED_MODULES, CnnUnavailable
+from app.imaging.embeddings import create_embedder
+from tests.support.app import make_settings
+from tests.support.images import encode, scene
 
 DEFAULT_THRESHOLD = Settings.model_fields["SIMILARITY_THRESHOLD"].default
 Embed = Callable[[bytes], NDArray[np.float32]]
@@ -28,13 +28,14 @@ needs_cnn = pytest.mark.skipif(
 )
 
 
-def test_selecting_cnn_without_the_extra_refuses_to_start_and_says_how_to_install(
+async def test_selecting_cnn_without_the_extra_refuses_to_start_and_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
     with pytest.raises(CnnUnavailable, match="make install-cnn"):
-        create_app(make_settings(tmp_path, EMBEDDING_MODEL="cnn"))
+        async with open_resources(make_settings(tmp_path, EMBEDDING_MODEL="cnn")):
+            pass
 
 
 @pytest.fixture(scope="module")

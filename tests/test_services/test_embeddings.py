@@ -9,9 +9,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from app.core.config import Settings
-from app.services.embeddings import HashEmbedder, PerceptualEmbedder
-from app.services.image_processing import analyse_image
-from tests.images import encode, scene
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import HashEmbedder, PerceptualEmbedder
+from tests.support.images import encode, scene
 
 DEFAULT_THRESHOLD = Settings.model_fields["SIMILARITY_THRESHOLD"].default
 

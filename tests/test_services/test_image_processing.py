@@ -1,16 +1,17 @@
 """The pure image work: format sniffing, metadata, and the hash embedder."""
 
-import contextlib
+from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.services.embeddings import HashEmbedder, create_embedder
-from app.services.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from app.services.image_processing import analyse_image, sniff_format
-from app.services.images import safe_filename
-from tests.images import encode, jpeg_bytes, photo, png_bytes
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import HashEmbedder, create_embedder
+from app.imaging.formats import FORMATS, ContentType, sniff_format
+from app.services.ingest import safe_filename
+from tests.support.images import encode, jpeg_bytes, photo, png_bytes
 
 ALL_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP"})
 
@@ -57,7 +58,12 @@ def test_create_embedder_rejects_unknown_models() -> None:
     ],
 )
 def test_sniff_format_reads_magic_numbers(data: bytes, expected: str | None) -> None:
-    assert sniff_format(data) == expected
+    sniffed = sniff_format(data)
+    assert (sniffed.name if sniffed else None) == expected
+
+
+def test_content_type_literal_lists_every_format_of_the_table() -> None:
+    assert set(get_args(ContentType)) == {image_format.content_type for image_format in FORMATS}
 
 
 def test_analyse_reports_format_size_and_hash() -> None:
@@ -95,15 +101,22 @@ def test_broken_exif_does_not_cost_the_upload() -> None:
     assert "exif" not in result.metadata
 
 
-def test_a_truncated_animated_gif_is_invalid_at_every_cut() -> None:
+def test_a_truncated_animated_gif_is_invalid_or_read_as_its_complete_frames() -> None:
     frames = [photo(48, 32, seed=seed) for seed in range(3)]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     first_frame_end = len(encode(frames[0], "GIF"))
 
+    outcomes: list[str | int] = []
     for cut in range(first_frame_end - 40, len(data) - 1, 7):
-        # Invalid, or (a cut between frames) a shorter animation; never another error.
-        with contextlib.suppress(InvalidImage):
-            analyse(data[:cut])
+        try:
+            outcomes.append(analyse(data[:cut]).metadata["frames"])
+        except InvalidImage:
+            outcomes.append("invalid")
+
+    # A cut inside a frame is refused; a cut after a whole frame reads the frames before it.
+    assert set(outcomes) == {"invalid", 2, 3}
+    counts = [outcome for outcome in outcomes if outcome != "invalid"]
+    assert counts == sorted(counts)
 
 
 def test_animated_gif_counts_frames() -> None:

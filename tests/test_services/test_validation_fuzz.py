@@ -4,10 +4,10 @@ rejection is one of the documented domain errors."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.services.embeddings import PerceptualEmbedder
-from app.services.errors import ServiceError
-from app.services.image_processing import analyse_image
-from tests.images import encode, photo
+from app.errors import ServiceError
+from app.imaging.analysis import analyse_image
+from app.imaging.embeddings import PerceptualEmbedder
+from tests.support.images import encode, photo
 
 SEEDS = [
     encode(photo(40, 30), "JPEG"),

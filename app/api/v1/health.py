@@ -3,11 +3,11 @@
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from app.api.deps import EmbedderDep, ReadSessionDep, require_admin
-from app.api.errors import error_responses
+from app.api.deps import ResourcesDep, require_admin
 from app.core.config import SERVICE_VERSION
+from app.errors import NOT_AUTHORIZED, error_responses
 from app.schemas.health import (
     DatabaseHealth,
     DetailedHealth,
@@ -29,8 +29,8 @@ router = APIRouter()
     responses={503: {"model": HealthStatus, "description": "The database is unavailable"}},
 )
 @router.get("", response_model=HealthStatus, include_in_schema=False)
-async def health(session: ReadSessionDep, response: Response) -> HealthStatus:
-    database_ok = await ping_database(session)
+async def health(resources: ResourcesDep, response: Response) -> HealthStatus:
+    database_ok = await ping_database(resources.engine)
     if not database_ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthStatus(
@@ -48,23 +48,22 @@ async def health(session: ReadSessionDep, response: Response) -> HealthStatus:
     dependencies=[Depends(require_admin)],
     responses={
         503: {"model": DetailedHealth, "description": "The database is unavailable"},
-        **error_responses(401),
+        **error_responses(NOT_AUTHORIZED),
     },
 )
-async def detailed_health(
-    request: Request, session: ReadSessionDep, embedder: EmbedderDep, response: Response
-) -> DetailedHealth:
-    database = await inspect_database(session)
+async def detailed_health(resources: ResourcesDep, response: Response) -> DetailedHealth:
+    embedder = resources.embedder
+    database = await inspect_database(resources.engine)
     if not database.available:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return DetailedHealth(
         status="healthy" if database.available else "unhealthy",
         version=SERVICE_VERSION,
-        uptime_seconds=round(time.monotonic() - request.app.state.started_at, 3),
+        uptime_seconds=round(time.monotonic() - resources.started_at, 3),
         timestamp=datetime.now(UTC),
         database=DatabaseHealth(
             status="ok" if database.available else "unavailable",
-            mode=request.app.state.database_mode,
+            mode=resources.database_mode,
             server_version=database.server_version,
             pgvector_version=database.pgvector_version,
             vector_index=database.vector_index,
@@ -88,8 +87,8 @@ async def detailed_health(
     summary="Readiness probe: 200 when the database answers, else 503",
     responses={503: {"model": ReadinessStatus, "description": "Not ready"}},
 )
-async def readiness(session: ReadSessionDep, response: Response) -> ReadinessStatus:
-    if await ping_database(session):
+async def readiness(resources: ResourcesDep, response: Response) -> ReadinessStatus:
+    if await ping_database(resources.engine):
         return ReadinessStatus(status="ready", database="ok")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return ReadinessStatus(status="not_ready", database="unavailable")

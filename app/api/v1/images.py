@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
@@ -10,24 +10,28 @@ from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
-    EmbedderDep,
+    ConnectionDep,
     ImageId,
-    ImageStoreDep,
-    ImageWorkersDep,
-    MetricsDep,
     PageLimit,
-    ReadSessionDep,
-    SearchConnectionDep,
-    SessionDep,
-    SettingsDep,
+    ResourcesDep,
     SimilarLimit,
     Skip,
     Threshold,
     ThumbnailSize,
-    TransactionsDep,
 )
-from app.api.errors import error_responses
-from app.core.config import Settings
+from app.errors import (
+    DATABASE_UNAVAILABLE,
+    EMBEDDING_OUTDATED,
+    IMAGE_FILE_MISSING,
+    IMAGE_NOT_FOUND,
+    STORAGE_FULL,
+    STORAGE_UNAVAILABLE,
+    UPLOAD_ERRORS,
+    VALIDATION_ERROR,
+    error_responses,
+)
+from app.imaging.formats import FORMATS, ContentType
+from app.imaging.thumbnail import MEDIA_TYPES, ThumbnailFormat
 from app.schemas.image import (
     ImageList,
     ImageRead,
@@ -35,8 +39,8 @@ from app.schemas.image import (
     SimilarImage,
     SimilarImagesResponse,
 )
-from app.services import images, thumbnails, vector_service
-from app.services.embeddings import Embedder
+from app.services import images, ingest, search
+from app.services.search import SearchOptions
 
 router = APIRouter()
 
@@ -48,32 +52,29 @@ router = APIRouter()
     summary="Upload an image",
     responses={
         200: {"model": ImageUploadResponse, "description": "These bytes were already stored"},
-        **error_responses(400, 413, 415, 422, 503, 507),
+        **error_responses(*UPLOAD_ERRORS, STORAGE_UNAVAILABLE, STORAGE_FULL),
     },
 )
 async def upload_image(
     file: Annotated[UploadFile, File(description="A JPEG or PNG image (GIF, BMP if allowed)")],
     response: Response,
-    transactions: TransactionsDep,
-    settings: SettingsDep,
-    store: ImageStoreDep,
-    embedder: EmbedderDep,
-    image_workers: ImageWorkersDep,
-    metrics: MetricsDep,
+    connection: ConnectionDep,
+    resources: ResourcesDep,
 ) -> ImageUploadResponse:
+    policy = resources.upload_policy
     # The request body is already capped by the app's body limit; read one byte past the file
     # limit so the service can tell "exactly at the limit" from "over it".
-    data = await file.read(settings.MAX_FILE_SIZE + 1)
-    result = await images.ingest_image(
-        transactions,
+    data = await file.read(policy.max_file_size + 1)
+    result = await ingest.ingest_image(
+        connection,
         data=data,
         filename=file.filename,
-        limits=upload_limits(settings),
-        store=store,
-        embedder=embedder,
-        image_workers=image_workers,
+        policy=policy,
+        store=resources.store,
+        embedder=resources.embedder,
+        decode_slots=resources.decode_slots,
     )
-    metrics.embedding_seconds.observe(result.analysis_seconds)
+    resources.metrics.embedding_seconds.observe(result.analysis_seconds)
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return ImageUploadResponse(
@@ -90,14 +91,14 @@ async def upload_image(
     "/",
     response_model=ImageList,
     summary="List images, newest first",
-    responses=error_responses(422, 503),
+    responses=error_responses(VALIDATION_ERROR, DATABASE_UNAVAILABLE),
 )
 async def list_images(
-    session: ReadSessionDep,
+    connection: ConnectionDep,
     skip: Skip = 0,
     limit: PageLimit = 20,
     content_type: Annotated[
-        Literal["image/jpeg", "image/png", "image/gif", "image/bmp"] | None,
+        ContentType | None,
         Query(description="Only images of this content type"),
     ] = None,
     uploaded_after: Annotated[
@@ -108,7 +109,7 @@ async def list_images(
     ] = None,
 ) -> ImageList:
     items, total = await images.list_images(
-        session,
+        connection,
         skip=skip,
         limit=limit,
         where=images.ImageFilter(content_type, uploaded_after, uploaded_before),
@@ -125,28 +126,31 @@ async def list_images(
     "/{image_id}",
     response_model=ImageRead,
     summary="Get an image's metadata",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE),
 )
-async def get_image(image_id: ImageId, session: ReadSessionDep) -> ImageRead:
-    return ImageRead.model_validate(await images.get_image(session, image_id))
+async def get_image(image_id: ImageId, connection: ConnectionDep) -> ImageRead:
+    return ImageRead.model_validate(await images.get_image(connection, image_id))
 
 
 @router.get(
     "/{image_id}/similar",
     response_model=SimilarImagesResponse,
     summary="Find the stored images most similar to this one",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(
+        IMAGE_NOT_FOUND, EMBEDDING_OUTDATED, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+    ),
 )
 async def find_similar_images(
     image_id: ImageId,
-    connection: SearchConnectionDep,
-    settings: SettingsDep,
-    embedder: EmbedderDep,
+    connection: ConnectionDep,
+    resources: ResourcesDep,
     limit: SimilarLimit = None,
     threshold: Threshold = None,
 ) -> SimilarImagesResponse:
-    options = search_options(settings, embedder, limit, threshold)
-    matches = await vector_service.find_similar_images(connection, image_id, options)
+    options = SearchOptions.for_request(
+        resources.search_defaults, resources.embedder.name, limit, threshold
+    )
+    matches = await search.find_similar_images(connection, image_id, options)
     return similar_images_response(image_id, matches)
 
 
@@ -155,24 +159,24 @@ async def find_similar_images(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete an image and its file",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE),
 )
-async def delete_image(image_id: ImageId, session: SessionDep, store: ImageStoreDep) -> None:
-    await images.delete_image(session, image_id, store=store)
+async def delete_image(
+    image_id: ImageId, connection: ConnectionDep, resources: ResourcesDep
+) -> None:
+    await images.delete_image(connection, image_id, store=resources.store)
 
 
 @router.post(
     "/search",
     response_model=SimilarImagesResponse,
     summary="Find the stored images most similar to an uploaded image, without storing it",
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(*UPLOAD_ERRORS),
 )
 async def search_by_image(
     file: Annotated[UploadFile, File(description="The image to search with; it is not stored")],
-    connection: SearchConnectionDep,
-    settings: SettingsDep,
-    embedder: EmbedderDep,
-    image_workers: ImageWorkersDep,
+    connection: ConnectionDep,
+    resources: ResourcesDep,
     limit: Annotated[
         int | None, Form(ge=1, le=100, description="Most results (default MAX_SIMILAR_RESULTS)")
     ] = None,
@@ -181,14 +185,16 @@ async def search_by_image(
         Form(ge=-1.0, le=1.0, allow_inf_nan=False, description="Lowest cosine similarity"),
     ] = None,
 ) -> SimilarImagesResponse:
-    analysed = await images.analyse_upload(
-        await file.read(settings.MAX_FILE_SIZE + 1),
-        limits=upload_limits(settings),
-        embedder=embedder,
-        image_workers=image_workers,
+    analysed = await ingest.analyse_upload(
+        await file.read(resources.upload_policy.max_file_size + 1),
+        policy=resources.upload_policy,
+        embedder=resources.embedder,
+        decode_slots=resources.decode_slots,
     )
-    options = search_options(settings, embedder, limit, threshold)
-    matches = await vector_service.find_images_like(
+    options = SearchOptions.for_request(
+        resources.search_defaults, resources.embedder.name, limit, threshold
+    )
+    matches = await search.search_by_image(
         connection, analysed.embedding, analysed.content_hash, options
     )
     return similar_images_response(None, matches)
@@ -206,7 +212,7 @@ def _not_modified(if_none_match: str | None, etag: str) -> Response | None:
 
 _FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400"}
 _IMAGE_CONTENT: dict[str, Any] = {
-    "content": {media: {} for media in ("image/jpeg", "image/png", "image/gif", "image/bmp")}
+    "content": {image_format.content_type: {} for image_format in FORMATS}
 }
 
 
@@ -217,16 +223,18 @@ _IMAGE_CONTENT: dict[str, Any] = {
     responses={
         200: {**_IMAGE_CONTENT, "description": "The bytes as uploaded; ETag is their SHA-256"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **error_responses(404, 422, 503),
+        **error_responses(
+            IMAGE_NOT_FOUND, IMAGE_FILE_MISSING, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+        ),
     },
 )
 async def get_image_file(
     image_id: ImageId,
-    session: ReadSessionDep,
-    store: ImageStoreDep,
+    connection: ConnectionDep,
+    resources: ResourcesDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image, path = await images.get_stored_file(session, image_id, store=store)
+    image, path = await images.get_stored_file(connection, image_id, store=resources.store)
     etag = f'"{image.content_hash}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
@@ -249,56 +257,37 @@ async def get_image_file(
             "description": "No larger than `size` on its longer side",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **error_responses(404, 422, 503),
+        **error_responses(
+            IMAGE_NOT_FOUND, IMAGE_FILE_MISSING, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+        ),
     },
 )
 async def get_thumbnail(
     image_id: ImageId,
-    session: ReadSessionDep,
-    store: ImageStoreDep,
-    image_workers: ImageWorkersDep,
+    connection: ConnectionDep,
+    resources: ResourcesDep,
     size: ThumbnailSize = 256,
-    format: Annotated[thumbnails.ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
+    format: Annotated[ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image, source = await images.get_stored_file(session, image_id, store=store)
+    store = resources.store
+    image, source = await images.get_stored_file(connection, image_id, store=store)
     etag = f'"{image.content_hash}-{size}-{format}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
-    async with image_workers:
+    async with resources.decode_slots:
         thumbnail = await run_in_threadpool(
-            thumbnails.cached_thumbnail, store, source, image.content_hash, size, format
+            images.cached_thumbnail, store, source, image.content_hash, size, format
         )
     return FileResponse(
         thumbnail,
-        media_type=thumbnails.MEDIA_TYPES[format],
+        media_type=MEDIA_TYPES[format],
         headers={"ETag": etag, **_FILE_HEADERS},
     )
 
 
-def upload_limits(settings: Settings) -> images.UploadLimits:
-    return images.UploadLimits(
-        max_file_size=settings.MAX_FILE_SIZE,
-        max_pixels=settings.MAX_IMAGE_PIXELS,
-        max_frames=settings.MAX_FRAMES,
-        allowed_formats=settings.allowed_formats,
-    )
-
-
-def search_options(
-    settings: Settings, embedder: Embedder, limit: int | None, threshold: float | None
-) -> vector_service.SearchOptions:
-    return vector_service.SearchOptions(
-        model=embedder.name,
-        limit=settings.MAX_SIMILAR_RESULTS if limit is None else limit,
-        threshold=settings.SIMILARITY_THRESHOLD if threshold is None else threshold,
-        near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
-        index=settings.vector_index,
-    )
-
-
 def similar_images_response(
-    query_image_id: uuid.UUID | None, matches: list[vector_service.SimilarMatch]
+    query_image_id: uuid.UUID | None, matches: list[search.SimilarMatch]
 ) -> SimilarImagesResponse:
     return SimilarImagesResponse(
         query_image_id=query_image_id,

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app.services.image_processing import sniff_format
+from app.imaging.formats import sniff_format
 
 RETRIES = 3
 

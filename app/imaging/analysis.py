@@ -15,25 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from app.services.embeddings import Embedder
-from app.services.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-
-# Magic numbers of the formats the service can accept. The format is decided here, from the
-# bytes, before any decoder sees them; the client's filename and content type are not trusted.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-)
-FORMAT_CONTENT_TYPES = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-}
-FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp"}
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from app.imaging.embeddings import Embedder
+from app.imaging.formats import sniff_format
 
 # EXIF orientations 5..8 rotate by 90 degrees: the displayed width and height are swapped.
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -65,13 +49,6 @@ class AnalysedImage:
     seconds: float  # time spent validating, decoding and embedding
 
 
-def sniff_format(data: bytes) -> str | None:
-    for signature, image_format in _SIGNATURES:
-        if data.startswith(signature):
-            return image_format
-    return None
-
-
 def analyse_image(
     data: bytes,
     *,
@@ -86,11 +63,12 @@ def analyse_image(
     InvalidImage (corrupt or truncated).
     """
     started = time.perf_counter()
-    image_format = sniff_format(data)
-    if image_format is None or image_format not in allowed_formats:
+    sniffed = sniff_format(data)
+    if sniffed is None or sniffed.name not in allowed_formats:
         accepted = ", ".join(sorted(allowed_formats))
         raise UnsupportedImageFormat(f"Unsupported image format; accepted formats: {accepted}")
 
+    image_format = sniffed.name
     digest = hashlib.sha256(data).digest()
     try:
         with Image.open(io.BytesIO(data), formats=[image_format]) as image:
@@ -131,8 +109,8 @@ def analyse_image(
     return AnalysedImage(
         content_hash=digest.hex(),
         format=image_format,
-        content_type=FORMAT_CONTENT_TYPES[image_format],
-        extension=FORMAT_EXTENSIONS[image_format],
+        content_type=sniffed.content_type,
+        extension=sniffed.extensions[0],
         width=width,
         height=height,
         metadata=metadata,

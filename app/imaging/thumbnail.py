@@ -1,20 +1,17 @@
-"""Thumbnails: made once per (image, size, format), cached on disk next to the images."""
+"""Thumbnail rendering. Pure: bytes in, bytes out; callers run it off the event loop."""
 
 import io
-from pathlib import Path
 from typing import Literal
 
 from PIL import Image, ImageOps
-
-from app.services.storage import ImageStore
 
 ThumbnailFormat = Literal["jpeg", "webp"]
 MEDIA_TYPES: dict[ThumbnailFormat, str] = {"jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def make_thumbnail(data: bytes, size: int, image_format: ThumbnailFormat) -> bytes:
+def render_thumbnail(data: bytes, size: int, image_format: ThumbnailFormat) -> bytes:
     """The picture as displayed (EXIF orientation applied, first frame), no larger than `size`
-    on its longer side, on white where it was transparent. Pure: bytes in, bytes out."""
+    on its longer side, on white where it was transparent."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (size, size))
         upright = ImageOps.exif_transpose(image)
@@ -27,13 +24,3 @@ def make_thumbnail(data: bytes, size: int, image_format: ThumbnailFormat) -> byt
         buffer = io.BytesIO()
         upright.convert("RGB").save(buffer, format=image_format.upper(), quality=85)
         return buffer.getvalue()
-
-
-def cached_thumbnail(
-    store: ImageStore, source: Path, content_hash: str, size: int, image_format: ThumbnailFormat
-) -> Path:
-    """The cached thumbnail's path, made first if needed. Synchronous: run it off the loop."""
-    target = store.thumbnail_path(content_hash, size, image_format)
-    if not target.is_file():
-        store.write_file(target, make_thumbnail(source.read_bytes(), size, image_format))
-    return target

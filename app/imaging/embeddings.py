@@ -4,6 +4,7 @@ Pure computation (numpy, Pillow), no I/O. Every embedder has a `name`, recorded 
 vector, and a fixed `dimension`.
 """
 
+from functools import cache
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -110,14 +111,7 @@ class PerceptualEmbedder:
 
     def __init__(self, dimension: int) -> None:
         self.dimension = dimension
-        feature_size = (_DCT_KEEP * _DCT_KEEP - 1) + 21 * _ORIENTATION_BINS + 32 + _CHROMA_BINS**2
-        rng = np.random.default_rng(20261125)
-        gaussian = rng.standard_normal((max(dimension, feature_size), feature_size))
-        if dimension >= feature_size:
-            orthonormal, _ = np.linalg.qr(gaussian)
-            self._projection = orthonormal[:dimension]
-        else:
-            self._projection = gaussian[:dimension] / np.sqrt(dimension)
+        self._projection = _projection(dimension)
 
     def embed(self, image: Image.Image, *, content_sha256: bytes) -> NDArray[np.float32]:
         rgb = np.asarray(
@@ -148,6 +142,25 @@ class PerceptualEmbedder:
             vector = np.zeros(self.dimension)
             vector[0], norm = 1.0, 1.0
         return (vector / norm).astype(np.float32)
+
+
+_FEATURE_SIZE = (_DCT_KEEP * _DCT_KEEP - 1) + 21 * _ORIENTATION_BINS + 32 + _CHROMA_BINS**2
+_PROJECTION_SEED = 20261125
+
+
+@cache
+def _projection(dimension: int) -> NDArray[np.float64]:
+    """The fixed `dimension x features` projection: a pure function of the dimension and the
+    seed, built once per process (the QR of a 512-row matrix costs tens of milliseconds)."""
+    rng = np.random.default_rng(_PROJECTION_SEED)
+    gaussian = rng.standard_normal((max(dimension, _FEATURE_SIZE), _FEATURE_SIZE))
+    if dimension >= _FEATURE_SIZE:
+        orthonormal, _ = np.linalg.qr(gaussian)
+        projection: NDArray[np.float64] = orthonormal[:dimension]
+    else:
+        projection = gaussian[:dimension] / np.sqrt(dimension)
+    projection.setflags(write=False)
+    return projection
 
 
 def _dct_block(luma: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -196,7 +209,7 @@ def create_embedder(name: str, dimension: int) -> Embedder:
     if name == HashEmbedder.name:
         return HashEmbedder(dimension)
     if name == "cnn":
-        from app.services.cnn_embedder import CnnEmbedder
+        from app.imaging.cnn import CnnEmbedder
 
         return CnnEmbedder(dimension)
     raise ValueError(f"unknown embedding model {name!r}")

@@ -1,0 +1,122 @@
+"""What a running service holds, built once in the lifespan and handed to requests as one typed
+object (`ResourcesDep`). The command line builds its store and embedder with the same factories.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.concurrency import run_in_threadpool
+
+from app.core.config import Settings, VectorIndexConfig
+from app.core.database import Database, DatabaseMode, database_mode, open_database
+from app.core.observability import Metrics
+from app.core.storage import ImageStore
+from app.imaging.embeddings import Embedder
+from app.imaging.embeddings import create_embedder as create_named_embedder
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    """What an upload may be (MAX_FILE_SIZE, MAX_IMAGE_PIXELS, MAX_FRAMES, the formats)."""
+
+    max_file_size: int  # bytes
+    max_pixels: int
+    max_frames: int
+    allowed_formats: frozenset[str]  # Pillow format names
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "UploadPolicy":
+        return cls(
+            max_file_size=settings.MAX_FILE_SIZE,
+            max_pixels=settings.MAX_IMAGE_PIXELS,
+            max_frames=settings.MAX_FRAMES,
+            allowed_formats=settings.allowed_formats,
+        )
+
+
+@dataclass(frozen=True)
+class SearchDefaults:
+    """What a search uses when the request does not say (MAX_SIMILAR_RESULTS, thresholds)."""
+
+    limit: int
+    threshold: float  # lowest cosine similarity returned
+    near_duplicate_threshold: float
+    index: VectorIndexConfig
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "SearchDefaults":
+        return cls(
+            limit=settings.MAX_SIMILAR_RESULTS,
+            threshold=settings.SIMILARITY_THRESHOLD,
+            near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
+            index=settings.vector_index,
+        )
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    database_mode: DatabaseMode
+    store: ImageStore
+    embedder: Embedder
+    # At most IMAGE_WORKERS decodes at once, so CPU work queues up instead of starving the
+    # event loop (and the searches it serves).
+    decode_slots: asyncio.Semaphore
+    metrics: Metrics
+    upload_policy: UploadPolicy
+    search_defaults: SearchDefaults
+    started_at: float  # time.monotonic() at start-up
+
+
+def create_store(settings: Settings) -> ImageStore:
+    return ImageStore(settings.image_dir)
+
+
+def create_embedder(settings: Settings) -> Embedder:
+    """The EMBEDDING_MODEL embedder (`cnn` raises CnnUnavailable when its extra is missing)."""
+    return create_named_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    database: Database | None = None,
+    prepare_index: bool = True,
+) -> AsyncIterator[Resources]:
+    """Open the database (or use `database`, which the caller keeps open), prepare the store
+    and build everything else from `settings`."""
+    # The embedder first: a missing optional extra stops the start before anything runs.
+    embedder = create_embedder(settings)
+    store = create_store(settings)
+    await run_in_threadpool(store.prepare)
+    async with _use_or_open(settings, database, prepare_index) as opened:
+        yield Resources(
+            settings=settings,
+            engine=opened.engine,
+            database_mode=database_mode(settings),
+            store=store,
+            embedder=embedder,
+            decode_slots=asyncio.Semaphore(settings.IMAGE_WORKERS),
+            metrics=metrics or Metrics(),
+            upload_policy=UploadPolicy.from_settings(settings),
+            search_defaults=SearchDefaults.from_settings(settings),
+            started_at=time.monotonic(),
+        )
+
+
+@asynccontextmanager
+async def _use_or_open(
+    settings: Settings, database: Database | None, prepare_index: bool
+) -> AsyncIterator[Database]:
+    if database is not None:
+        yield database
+        return
+    async with open_database(settings, prepare_index=prepare_index) as opened:
+        yield opened

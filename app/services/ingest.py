@@ -1,0 +1,159 @@
+"""The upload transaction: validate and embed off the event loop, then write file and row so that
+a failed upload leaves nothing behind and an acknowledged one is durable."""
+
+import asyncio
+import errno
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.concurrency import run_in_threadpool
+
+from app.core.database import is_database_unavailable, transaction
+from app.core.resources import UploadPolicy
+from app.core.storage import ImageStore
+from app.errors import EmptyFile, FileTooLarge, StorageFull, StorageUnavailable
+from app.imaging.analysis import CONTROL_CHARACTERS, AnalysedImage, analyse_image
+from app.imaging.embeddings import Embedder
+from app.models.image import ImageRow, images
+from app.services.images import lock_content_hash
+
+logger = logging.getLogger(__name__)
+
+_MAX_FILENAME_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    image_id: uuid.UUID
+    filename: str
+    created: bool
+    analysis_seconds: float
+
+
+def clean_original_filename(filename: str | None) -> str:
+    return CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
+
+
+def safe_filename(filename: str | None, extension: str) -> str:
+    """The client's filename reduced to a harmless display name: no directories, no control
+    characters, bounded length. It is metadata only and never used to build a path."""
+    base = clean_original_filename(filename).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in {"", ".", ".."}:
+        base = f"image{extension}"
+    return base[:_MAX_FILENAME_LENGTH]
+
+
+async def analyse_upload(
+    data: bytes, *, policy: UploadPolicy, embedder: Embedder, decode_slots: asyncio.Semaphore
+) -> AnalysedImage:
+    """Check the upload against `policy`, then validate and embed it off the event loop.
+
+    Raises FileTooLarge, EmptyFile, or what `analyse_image` raises."""
+    if len(data) > policy.max_file_size:
+        raise FileTooLarge(policy.max_file_size)
+    if not data:
+        raise EmptyFile()
+    # No database connection is needed meanwhile: decoding waits for a slot, not a connection.
+    async with decode_slots:
+        return await run_in_threadpool(
+            analyse_image,
+            data,
+            allowed_formats=policy.allowed_formats,
+            max_pixels=policy.max_pixels,
+            max_frames=policy.max_frames,
+            embedder=embedder,
+        )
+
+
+async def ingest_image(
+    connection: AsyncConnection,
+    *,
+    data: bytes,
+    filename: str | None,
+    policy: UploadPolicy,
+    store: ImageStore,
+    embedder: Embedder,
+    decode_slots: asyncio.Semaphore,
+) -> IngestResult:
+    """Validate, embed and store an upload. Identical bytes already stored return that record.
+
+    Order: analyse (off the event loop), then in one transaction: lock the hash, look for the
+    same bytes, write the file (staged, fsynced, renamed), insert the row, commit. Any failure
+    after the file is written removes it again, so nothing is left half done; a commit that
+    returned means the upload is durable.
+    """
+    received_at = datetime.now(UTC)
+    analysed = await analyse_upload(
+        data, policy=policy, embedder=embedder, decode_slots=decode_slots
+    )
+    relative_path: str | None = None
+    inserted = False
+    try:
+        async with transaction(connection):
+            await lock_content_hash(connection, analysed.content_hash)
+            existing = (
+                await connection.execute(
+                    select(images.c.id, images.c.filename).where(
+                        images.c.content_hash == analysed.content_hash
+                    )
+                )
+            ).one_or_none()
+            if existing is not None:
+                return IngestResult(
+                    existing.id, existing.filename, False, analysis_seconds=analysed.seconds
+                )
+            display_name = safe_filename(filename, analysed.extension)
+            relative_path = store.relative_path(analysed.content_hash, analysed.extension)
+            await _write_file(store, data, relative_path)
+            row = ImageRow(
+                id=uuid.uuid4(),
+                filename=display_name,
+                original_filename=clean_original_filename(filename) or display_name,
+                content_type=analysed.content_type,
+                file_size=len(data),
+                file_path=relative_path,
+                content_hash=analysed.content_hash,
+                format=analysed.format,
+                width=analysed.width,
+                height=analysed.height,
+                upload_timestamp=received_at,
+                processed_timestamp=datetime.now(UTC),
+                embedding_vector=analysed.embedding,
+                embedding_model=embedder.name,
+                metadata=analysed.metadata,
+                processing_status="completed",
+            )
+            await connection.execute(insert(images).values(row))
+            inserted = True  # only the commit is left
+    except BaseException as exc:
+        if relative_path is not None and not (inserted and _commit_outcome_unknown(exc)):
+            _discard_file(store, relative_path)
+        raise
+    return IngestResult(row["id"], display_name, True, analysis_seconds=analysed.seconds)
+
+
+async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:
+    try:
+        await run_in_threadpool(store.write, data, relative_path)
+    except OSError as exc:
+        raise (StorageFull() if exc.errno == errno.ENOSPC else StorageUnavailable()) from exc
+
+
+def _commit_outcome_unknown(exc: BaseException) -> bool:
+    """Whether a COMMIT that raised `exc` may have been applied anyway (the connection died, or
+    the wait for the answer was cut short). Its file is then kept: if the row does not exist,
+    the storage sweep removes the file later. An error PostgreSQL answered with means the
+    transaction was not committed."""
+    return isinstance(exc, asyncio.CancelledError) or is_database_unavailable(exc)
+
+
+def _discard_file(store: ImageStore, relative_path: str) -> None:
+    # Synchronous on purpose: it must also run while the request task is being cancelled.
+    try:
+        store.remove(relative_path)
+    except OSError:
+        logger.warning("could not remove %s after a failed upload", relative_path)
