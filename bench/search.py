@@ -2,9 +2,9 @@
 
 Loads N clustered vectors with COPY, builds the configured index, then
 - recall@10 of held-out query vectors against exact (numpy) search;
-- p50/p95/p99 latency of the service's own search statement (compiled as the service sends it)
-  run through asyncpg alone, and of GET /similar on the app running in its own process (a
-  minimal keep-alive HTTP client), at concurrency 1 and 8, for the same stored query images,
+- p50/p95/p99 latency of the service's own search statement run through asyncpg alone, and
+  of GET /similar on the app running in its own process (a minimal keep-alive HTTP client),
+  at concurrency 1 and 8, for the same stored query images,
   taking turns in blocks of 200 calls; with `--baseline DIR`, also GET /similar of another
   checkout (an earlier commit) on the same data, in the same turns;
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
@@ -95,24 +95,18 @@ async def run(rows: int, baseline: Path | None) -> None:
         rng = np.random.default_rng(2)
         query_ids = [ids[i] for i in rng.choice(rows, size=QUERIES, replace=False)]
 
-        # The floor under the endpoint: the service's own statement, compiled as the service
-        # sends it, run through asyncpg alone (no SQLAlchemy, no HTTP).
-        compiled = nearest_images_sql(index).compile(dialect=engine.dialect)
-        statement, order = str(compiled), compiled.positiontup or []
+        # The floor under the endpoint: the service's own statement run through asyncpg alone
+        # (no SQLAlchemy, no HTTP).
+        statement = nearest_images_sql(index)
         pool = await asyncpg.create_pool(
             libpq_dsn(url), min_size=8, max_size=8, server_settings=search_settings(index)
         )
         stack.push_async_callback(pool.close)
 
         async def sql_call(number: int, threshold: float = -1.0) -> object:
-            values = {
-                "image_id": query_ids[number % QUERIES],
-                "model": MODEL,
-                "candidates": 11,
-                "max_distance": 1 - threshold,
-                "limit": 10,
-            }
-            return await pool.fetch(statement, *[values[name] for name in order])
+            return await pool.fetch(
+                statement, query_ids[number % QUERIES], MODEL, 11, 1 - threshold, 10
+            )
 
         async def sql_call_nothing_passes(number: int) -> object:
             return await sql_call(number, threshold=0.999)

@@ -45,15 +45,8 @@ async def explain(engine: AsyncEngine, index: VectorIndexConfig, query_id: uuid.
         # On a few thousand rows the planner may rightly prefer a sequential scan; this shows the
         # statement is one the index can serve.
         await connection.execute(text("SET enable_seqscan = off"))
-        plan = await connection.execute(
-            text("EXPLAIN " + search.nearest_images_sql(index).text),
-            {
-                "image_id": query_id,
-                "model": MODEL,
-                "candidates": 11,
-                "max_distance": 0.5,
-                "limit": 10,
-            },
+        plan = await connection.exec_driver_sql(
+            "EXPLAIN " + search.nearest_images_sql(index), (query_id, MODEL, 11, 0.5, 10)
         )
         return "\n".join(row[0] for row in plan)
 

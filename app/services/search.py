@@ -1,5 +1,9 @@
 """Similarity search with pgvector: by a stored image (`/similar`), or by an uploaded one
-(`/search`)."""
+(`/search`).
+
+The hot path: each search is one statement in asyncpg's own SQL (`$n` parameters) run with
+`exec_driver_sql`, which skips SQLAlchemy's statement compilation and parameter processing
+(`bench.search` measures what is left against asyncpg alone)."""
 
 import uuid
 from collections.abc import Sequence
@@ -10,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Row, TextClause, text
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import VectorIndexConfig
@@ -25,7 +29,7 @@ Match = Literal["exact", "near_duplicate", "similar"]
 
 
 def _nearest(config: VectorIndexConfig, vector: str) -> str:
-    """Nearest neighbours of `vector` among embeddings of model :model, at most :candidates.
+    """Nearest neighbours of `vector` among embeddings of model $2, at most $3 of them.
 
     Ordered by the distance operator and limited: the shape the vector index can serve. Any
     threshold applies outside this, so one that nothing meets never turns into a scan of the
@@ -34,42 +38,42 @@ def _nearest(config: VectorIndexConfig, vector: str) -> str:
     return f"""
         SELECT id, filename, content_type, upload_timestamp, content_hash, {distance} AS distance
         FROM images
-        WHERE embedding_model = :model
+        WHERE embedding_model = $2
         ORDER BY {distance}
-        LIMIT :candidates
+        LIMIT $3
     """  # noqa: S608 - fixed expressions only; values are bound parameters
 
 
 @cache
-def nearest_images_sql(config: VectorIndexConfig) -> TextClause:
+def nearest_images_sql(config: VectorIndexConfig) -> str:
     """Search by a stored image, in one statement (one round trip).
 
-    :image_id the query image, :model, :candidates, :max_distance, :limit. One row per match,
-    each carrying the query image's model and hash; a single row of NULL matches when nothing
-    passes; no row at all when the query image does not exist."""
-    return text(f"""
+    $1 query image id, $2 model, $3 candidates, $4 largest distance, $5 limit. One row per
+    match, each carrying the query image's model and hash; a single row of NULL matches when
+    nothing passes; no row at all when the query image does not exist."""
+    return f"""
         WITH query AS (
-            SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = :image_id
+            SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = $1
         ), nearest AS MATERIALIZED ({_nearest(config, "(SELECT embedding_vector FROM query)")})
         SELECT query.embedding_model AS query_model, query.content_hash AS query_hash, match.*
         FROM query LEFT JOIN LATERAL (
             SELECT * FROM nearest
-            WHERE id <> :image_id AND distance <= :max_distance
+            WHERE id <> $1 AND distance <= $4
             ORDER BY distance, id
-            LIMIT :limit
+            LIMIT $5
         ) AS match ON true
-        """)  # noqa: S608
+        """  # noqa: S608 - fixed expressions only; values are bound parameters
 
 
 @cache
-def nearest_to_vector_sql(config: VectorIndexConfig) -> TextClause:
-    """Search by a vector: :vector (pgvector's text form), :model, :candidates (the limit),
-    :max_distance."""
-    vector = f"CAST(:vector AS vector({config.dimension}))"
-    return text(f"""
+def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
+    """Search by a vector: $1 the vector (pgvector's text form), $2 model, $3 limit, $4 largest
+    distance."""
+    vector = f"CAST($1 AS vector({config.dimension}))"
+    return f"""
         WITH nearest AS MATERIALIZED ({_nearest(config, vector)})
-        SELECT * FROM nearest WHERE distance <= :max_distance ORDER BY distance, id
-        """)  # noqa: S608
+        SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
+        """  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -141,16 +145,15 @@ async def find_similar_images(
 ) -> list[SimilarMatch]:
     """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
     never including the query image itself. Raises ImageNotFound, EmbeddingOutdated."""
-    result = await connection.execute(
+    result = await connection.exec_driver_sql(
         nearest_images_sql(options.index),
-        {
-            "image_id": image_id,
-            "model": options.model,
-            # The query image is normally its own nearest neighbour.
-            "candidates": options.limit + 1,
-            "max_distance": 1.0 - options.threshold + _SCORE_TOLERANCE,
-            "limit": options.limit,
-        },
+        (
+            image_id,
+            options.model,
+            options.limit + 1,  # the query image is normally its own nearest neighbour
+            1.0 - options.threshold + _SCORE_TOLERANCE,
+            options.limit,
+        ),
     )
     rows = result.all()
     if not rows:
@@ -172,14 +175,14 @@ async def search_by_image(
     options: SearchOptions,
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector and hash)."""
-    result = await connection.execute(
+    result = await connection.exec_driver_sql(
         nearest_to_vector_sql(options.index),
-        {
-            "vector": vector_text(vector),
-            "model": options.model,
-            "candidates": options.limit,
-            "max_distance": 1.0 - options.threshold + _SCORE_TOLERANCE,
-        },
+        (
+            vector_text(vector),
+            options.model,
+            options.limit,
+            1.0 - options.threshold + _SCORE_TOLERANCE,
+        ),
     )
     return _matches(
         result.all(),
