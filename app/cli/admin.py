@@ -9,28 +9,16 @@ import time
 from app.cli.progress import ProgressBar
 from app.core.config import get_settings
 from app.core.database import open_database, prepare_vector_index
-from app.core.resources import create_embedder, create_store, open_resources
+from app.core.resources import create_store, open_resources
 from app.core.vector_index import IndexStatus
-from app.imaging.cnn import CnnUnavailable, check_available
 from app.services.consistency import StorageReport, check_storage
 from app.services.reembed import ReembedProgress, reembed_images
 
 
-def require_embedder_dependencies(model: str) -> None:
-    """Refuse to start, with the fix, when the chosen embedder's extra is not installed."""
-    if model == "cnn":
-        try:
-            check_available()
-        except CnnUnavailable as exc:
-            sys.exit(f"error: {exc}")
-
-
 def reembed(arguments: argparse.Namespace) -> None:
     settings = get_settings()
-    require_embedder_dependencies(settings.EMBEDDING_MODEL)
     logging.basicConfig(level=logging.WARNING)
-    embedder = create_embedder(settings)
-    bar = ProgressBar(f"reembed ({embedder.name})")
+    bar = ProgressBar(f"reembed ({settings.EMBEDDING_MODEL})")
 
     async def run() -> ReembedProgress:
         async with open_resources(settings) as resources:
@@ -45,7 +33,8 @@ def reembed(arguments: argparse.Namespace) -> None:
 
     progress = asyncio.run(run())
     print(
-        f"\nreembed: {progress.updated} updated, {progress.failed} failed, model={embedder.name}",
+        f"\nreembed: {progress.updated} updated, {progress.failed} failed, "
+        f"model={settings.EMBEDDING_MODEL}",
         file=sys.stderr,
     )
     if progress.failed:

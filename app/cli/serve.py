@@ -6,7 +6,6 @@ import sys
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from app.cli.admin import require_embedder_dependencies
 from app.core.config import get_settings
 from app.core.listener import spreads_connections, worker_socket
 from app.core.observability import logging_config
@@ -14,7 +13,6 @@ from app.core.observability import logging_config
 
 def serve(arguments: argparse.Namespace) -> None:
     settings = get_settings()
-    require_embedder_dependencies(settings.EMBEDDING_MODEL)
     if settings.WORKERS > 1 and settings.external_database_url() is None:
         # Each worker would start and stop the embedded server on its own.
         sys.exit(

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     DATA_DIR: Path = Path("data")
     STORAGE_DIR: Path | None = None
+    # Where the cnn embedder's graph is cached once built (default DATA_DIR/models).
+    MODEL_DIR: Path | None = None
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
@@ -76,7 +78,7 @@ class Settings(BaseSettings):
     ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
 
     # Embeddings and search
-    EMBEDDING_MODEL: Literal["perceptual", "hash", "cnn"] = "perceptual"
+    EMBEDDING_MODEL: Literal["cnn", "perceptual", "hash"] = "cnn"
     EMBEDDING_DIMENSION: int = Field(default=512, ge=2, le=16000)
     # Calibrated on bench/quality.py for the perceptual model: ~97% of edited copies score at
     # least 0.6, and fewer than 0.5% of unrelated photos do.
@@ -141,6 +143,12 @@ class Settings(BaseSettings):
         if self.STORAGE_DIR is not None:
             return self.STORAGE_DIR.expanduser().resolve()
         return self.data_dir / "images"
+
+    @property
+    def model_dir(self) -> Path:
+        if self.MODEL_DIR is not None:
+            return self.MODEL_DIR.expanduser().resolve()
+        return self.data_dir / "models"
 
     @property
     def embedded_pgdata_dir(self) -> Path:

@@ -7,16 +7,19 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, VectorIndexConfig
 from app.core.database import Database, DatabaseMode, database_mode, open_database
+from app.core.model_cache import efficientnet_lite0_session
 from app.core.observability import Metrics
 from app.core.storage import ImageStore
+from app.imaging.cnn import CnnEmbedder
 from app.imaging.embeddings import Embedder
-from app.imaging.embeddings import create_embedder as create_named_embedder
+from app.imaging.embeddings import create_embedder as create_pixel_embedder
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,17 @@ def create_store(settings: Settings) -> ImageStore:
 
 
 def create_embedder(settings: Settings) -> Embedder:
-    """The EMBEDDING_MODEL embedder (`cnn` raises CnnUnavailable when its extra is missing)."""
-    return create_named_embedder(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION)
+    """The EMBEDDING_MODEL embedder (`cnn`: its graph built or read from MODEL_DIR)."""
+    return create_named_embedder(
+        settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSION, model_dir=settings.model_dir
+    )
+
+
+def create_named_embedder(name: str, dimension: int, *, model_dir: Path) -> Embedder:
+    """The embedder called `name` (EMBEDDING_MODELS); the cnn graph cached in `model_dir`."""
+    if name == CnnEmbedder.name:
+        return CnnEmbedder(dimension, efficientnet_lite0_session(model_dir))
+    return create_pixel_embedder(name, dimension)
 
 
 @asynccontextmanager
@@ -92,7 +104,7 @@ async def open_resources(
 ) -> AsyncIterator[Resources]:
     """Open the database (or use `database`, which the caller keeps open), prepare the store
     and build everything else from `settings`."""
-    # The embedder first: a missing optional extra stops the start before anything runs.
+    # The embedder first: a model that cannot be built stops the start before anything runs.
     embedder = create_embedder(settings)
     store = create_store(settings)
     await run_in_threadpool(store.prepare)

@@ -199,17 +199,14 @@ def _chroma_histogram_block(chroma: NDArray[np.float64]) -> NDArray[np.float64]:
     return _centred_unit(np.sqrt(histogram.ravel()))
 
 
-EMBEDDING_MODELS = ("perceptual", "hash", "cnn")
+EMBEDDING_MODELS = ("cnn", "perceptual", "hash")
 
 
 def create_embedder(name: str, dimension: int) -> Embedder:
-    """The embedder called `name`. `cnn` raises CnnUnavailable when its extra is missing."""
+    """The embedder called `name`, for the two that need no model file (`cnn` needs its graph:
+    `app.core.resources.create_named_embedder`)."""
     if name == PerceptualEmbedder.name:
         return PerceptualEmbedder(dimension)
     if name == HashEmbedder.name:
         return HashEmbedder(dimension)
-    if name == "cnn":
-        from app.imaging.cnn import CnnEmbedder
-
-        return CnnEmbedder(dimension)
     raise ValueError(f"unknown embedding model {name!r}")

@@ -1,6 +1,7 @@
 """The app for tests: settings that read nothing from the environment, the app served
 in-process with its lifespan, and fresh databases on the test server."""
 
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -20,9 +21,18 @@ from app.main import create_app
 MakeClient = Callable[..., AbstractAsyncContextManager[AsyncClient]]
 
 
+# One model cache for the whole test run: the cnn graph is built once per run, not per test.
+SHARED_MODEL_DIR = Path(tempfile.mkdtemp(prefix="image-service-test-models-"))
+
+
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for tests: nothing read from .env or the environment's DATABASE_URL."""
-    values: dict[str, object] = {"DATA_DIR": tmp_path / "data", "DATABASE_URL": None}
+    """Settings for tests: nothing read from .env or the environment's DATABASE_URL; the model
+    cache shared by the run."""
+    values: dict[str, object] = {
+        "DATA_DIR": tmp_path / "data",
+        "DATABASE_URL": None,
+        "MODEL_DIR": SHARED_MODEL_DIR,
+    }
     values.update(overrides)
     return Settings.model_validate(values)
 

@@ -39,7 +39,7 @@ async def test_detailed_health_reports_database_pgvector_and_embedding(
     assert body["database"]["pgvector_version"].startswith("0.")
     assert body["image_count"] == 0
     assert body["embedding"] == {
-        "model": "perceptual",
+        "model": "cnn",
         "dimension": 512,
         "stored_models": {},
         "stale_images": 0,
@@ -100,7 +100,7 @@ async def test_info_reports_limits_formats_and_embedding(client: AsyncClient) ->
     assert body["upload"]["max_file_size"] == 10 * 1024 * 1024
     assert body["upload"]["max_image_pixels"] == 50_000_000
     assert body["upload"]["accepted_formats"] == ["BMP", "GIF", "JPEG", "PNG"]
-    assert body["embedding"] == {"model": "perceptual", "dimension": 512}
+    assert body["embedding"] == {"model": "cnn", "dimension": 512}
     assert (await client.head("/info")).status_code == 200  # `curl -I /info` works
 
 

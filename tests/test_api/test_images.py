@@ -53,7 +53,7 @@ async def test_get_image_returns_the_stored_record(client: AsyncClient) -> None:
     assert record["processed_timestamp"].endswith("Z")
     assert record["metadata"]["mode"] == "RGB"
     assert record["metadata"]["has_transparency"] is False
-    assert record["metadata"]["embedding"] == {"model": "perceptual", "dimension": 512}
+    assert record["metadata"]["embedding"] == {"model": "cnn", "dimension": 512}
 
 
 async def test_upload_png_with_alpha_reports_transparency(client: AsyncClient) -> None:

@@ -1,9 +1,9 @@
-"""The optional cnn embedder. Its behaviour tests need `make install-cnn` and are skipped without
-it; refusing to start without it is tested everywhere."""
+"""The default cnn embedder: EfficientNet-Lite0 read from its published weights without torch,
+checked against outputs torch recorded (tests/fixtures/efficientnet_lite0_reference.json)."""
 
+import json
 import sys
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -11,37 +11,33 @@ import pytest
 from numpy.typing import NDArray
 from PIL import ImageOps
 
+from app.core import model_cache
 from app.core.config import Settings
-from app.core.resources import open_resources
+from app.core.resources import create_named_embedder
 from app.imaging.analysis import analyse_image
-from app.imaging.cnn import REQUIRED_MODULES, CnnUnavailable
-from app.imaging.embeddings import create_embedder
-from tests.support.app import make_settings
+from app.imaging.cnn import CnnEmbedder, ModelMismatch, open_session
+from app.imaging.onnx_model import build_feature_extractor
+from app.imaging.torch_weights import WeightsFormatError, read_legacy_state_dict
+from tests.support.app import SHARED_MODEL_DIR
 from tests.support.images import encode, scene
+from tests.support.reference import reference_inputs
 
 DEFAULT_THRESHOLD = Settings.model_fields["SIMILARITY_THRESHOLD"].default
-Embed = Callable[[bytes], NDArray[np.float32]]
-
-needs_cnn = pytest.mark.skipif(
-    any(find_spec(name) is None for name in REQUIRED_MODULES),
-    reason="the optional cnn extra is not installed (make install-cnn)",
+REFERENCE = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "efficientnet_lite0_reference.json").read_text()
 )
-
-
-async def test_selecting_cnn_without_the_extra_refuses_to_start_and_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
-    with pytest.raises(CnnUnavailable, match="make install-cnn"):
-        async with open_resources(make_settings(tmp_path, EMBEDDING_MODEL="cnn")):
-            pass
+Embed = Callable[[bytes], NDArray[np.float32]]
 
 
 @pytest.fixture(scope="module")
-def embed() -> Embed:
-    embedder = create_embedder("cnn", 512)
+def embedder() -> CnnEmbedder:
+    embedder = create_named_embedder("cnn", 512, model_dir=SHARED_MODEL_DIR)
+    assert isinstance(embedder, CnnEmbedder)
+    return embedder
 
+
+@pytest.fixture(scope="module")
+def embed(embedder: CnnEmbedder) -> Embed:
     def run(data: bytes) -> NDArray[np.float32]:
         return analyse_image(
             data, allowed_formats=frozenset({"JPEG", "PNG"}), max_pixels=10**8, embedder=embedder
@@ -50,7 +46,66 @@ def embed() -> Embed:
     return run
 
 
-@needs_cnn
+def test_the_graph_computes_what_torch_computed(embedder: CnnEmbedder) -> None:
+    pixels = reference_inputs([scene(640, 480, seed=1), scene(320, 240, seed=2)])
+    expected = np.array(REFERENCE["features"], dtype=np.float32)
+
+    features = embedder._run(pixels.transpose(0, 2, 3, 1))
+
+    assert features.shape == (3, 1280)
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_default_install_runs_the_model_without_torch(embedder: CnnEmbedder) -> None:
+    assert embedder.name == Settings.model_fields["EMBEDDING_MODEL"].default == "cnn"
+    assert "torch" not in sys.modules
+
+
+def test_the_graph_is_built_once_and_read_from_the_cache(tmp_path: Path) -> None:
+    first = model_cache.efficientnet_lite0_session(tmp_path)
+    cached = list(tmp_path.glob("efficientnet-lite0-*.onnx"))
+    model_cache._sessions.clear()  # as a new process would
+    second = model_cache.efficientnet_lite0_session(tmp_path)
+
+    assert len(cached) == 1
+    assert cached[0].stat().st_size > 10_000_000  # the 4.6 M parameters, as float32
+    assert second is not first
+    assert list(tmp_path.glob("efficientnet-lite0-*.onnx")) == cached
+
+
+def test_a_corrupt_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    model_cache.efficientnet_lite0_session(tmp_path)
+    (cached,) = tmp_path.glob("efficientnet-lite0-*.onnx")
+    cached.write_bytes(b"not a model")
+    model_cache._sessions.clear()
+
+    model_cache.efficientnet_lite0_session(tmp_path)
+
+    assert cached.stat().st_size > 10_000_000
+
+
+def test_a_graph_with_other_weights_fails_the_reference_check() -> None:
+    weights = read_legacy_state_dict(model_cache.weights_path().read_bytes())
+    weights["_conv_head.weight"] = weights["_conv_head.weight"] * 1.01
+
+    with pytest.raises(ModelMismatch, match="the reference says"):
+        open_session(build_feature_extractor(weights))
+
+
+def test_the_weights_reader_refuses_pickles_that_name_anything_else() -> None:
+    import pickle
+
+    hostile = (
+        pickle.dumps(0x1950A86A20F9469CFC6C)
+        + pickle.dumps(1001)
+        + pickle.dumps({"little_endian": True})
+        + pickle.dumps(print)
+    )  # a global the restricted unpickler must not resolve
+
+    with pytest.raises(WeightsFormatError, match=r"builtins\.print"):
+        read_legacy_state_dict(hostile)
+
+
 def test_cnn_embedding_is_deterministic_unit_float32(embed: Embed) -> None:
     data = encode(scene(seed=1), "JPEG")
     first, second = embed(data), embed(data)
@@ -61,7 +116,6 @@ def test_cnn_embedding_is_deterministic_unit_float32(embed: Embed) -> None:
     assert np.array_equal(first, second)
 
 
-@needs_cnn
 def test_cnn_finds_edited_copies_and_ignores_mirroring(embed: Embed) -> None:
     original = scene(640, 480, seed=1)
     query = embed(encode(original, "JPEG"))
