@@ -1,53 +1,64 @@
 """Near-duplicate verification: local features (ORB keypoints) computed once per picture, and a
-geometric check (RANSAC) that decides whether two pictures show the same picture, edited.
+geometric check (RANSAC) that decides whether one picture is the other, edited.
 
-A global embedding says two pictures look alike; it cannot say one is a copy of the other.
-Here, a copy is a picture whose keypoints match the other's under one plausible geometric
-transform: a similarity (rotation, scale, shift: crops, rotations, pads, screenshots, collage
-tiles) or a perspective. The query is also tried mirrored. Pictures with too little texture
-for keypoints (flat colours, smooth gradients) are compared by their tiny colour layout
-instead. Pure computation (OpenCV, numpy), no I/O.
+A global embedding says that two pictures look alike; it cannot say that one is a copy of the
+other, and no threshold on its score separates edited copies (a crop, a screenshot, a picture
+turned on its side score 0.4 to 0.7) from look-alikes. Here a copy is a picture whose keypoints
+match the other's under one plausible similarity transform (rotation, scale, shift: what
+crops, rotations, pads, screenshots and collage tiles do), the query also tried mirrored.
+Matches that cannot be a copy are rejected: too few inliers, inliers that are a small share of
+the matches (repeated text), or of the keypoints in the region both pictures show (two screens
+of one application share their frame, not their content), inliers bunched in one spot, and
+implausible scales. Pictures with too little texture for keypoints (flat colours, smooth
+gradients) are compared by a tiny colour thumbnail instead, and never with textured ones.
+Every threshold below was calibrated on bench/quality.py (see the README's quality table).
 
-Features are serialised (`LocalFeatures.to_bytes`) and stored with each image; their size is
-about 36 bytes per keypoint (coordinates and a 32-byte ORB descriptor) for the picture and its
-mirror image, plus a 16 x 16 colour thumbnail: at most 19.2 KB.
+Features are serialised with `LocalFeatures.to_bytes` and stored with each image: 36 bytes per
+keypoint (coordinates, 32-byte ORB descriptor), at most 512 for the picture and 256 for its
+mirror image, plus the 768-byte thumbnail: at most 28,425 bytes. Pure computation (OpenCV,
+numpy), no I/O.
 """
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-# Keypoints are found on the picture scaled to this longer side (up or down), so that copies
-# at any resolution are compared at the same scale.
+# Keypoints are found on the picture scaled to this longer side (smaller ones are enlarged to
+# MIN_SIDE only: enlarging further invents corners), so copies at any size compare alike.
 FEATURE_SIDE = 512
-MAX_KEYPOINTS = 256
-TINY_SIDE = 16
-# Fewer keypoints than this: the picture is "low texture" and compared by appearance.
+MIN_SIDE = 320
+MAX_KEYPOINTS = 512
+MAX_MIRRORED_KEYPOINTS = 256  # the mirror image only ever serves as a query
+FAST_THRESHOLD = 12
+# Keypoints are spread over a GRID x GRID grid: the strongest corners of a picture crowd in
+# its busiest part (the text of a screenshot), and a copy showing another part would match none.
+GRID = 4
+# A picture whose brightness varies less than this (standard deviation, 0..255) has no
+# keypoints worth finding: noise on a flat colour would give random ones.
+MIN_CONTRAST = 6.0
+# Fewer keypoints than this: the picture is "low texture" and compared by its thumbnail.
 MIN_KEYPOINTS = 24
-# Lowe's ratio test: a match must be clearly better than the second best.
-RATIO = 0.8
-# A verified match needs this many RANSAC inliers (calibrated on bench/quality.py: unrelated
-# photos, documents and screenshots rarely reach 10).
+TINY_SIDE = 16
+MAX_TINY_DIFFERENCE = 8.0  # mean absolute difference of the thumbnails, 0..255
+MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: mutual best matches further apart are noise
 MIN_INLIERS = 15
 RANSAC_THRESHOLD = 8.0  # pixels, on the FEATURE_SIDE scale
-# The inliers must span this share of one of the two pictures (bounding box), so that a shared
-# logo or a line of the same text is not taken for the whole picture.
-MIN_COVERAGE = 0.3
+MIN_INLIER_RATIO = 0.1  # inliers / matches
+MIN_REGION_SHARE = 0.06  # inliers / keypoints of the sparser picture in the common region
+MIN_COVERAGE = 0.3  # inlier bounding box / keypoint bounding box, in one of the pictures
 MAX_SCALE = 8.0
-# Low texture: the mean absolute difference of the tiny thumbnails (0..255) below which two
-# pictures look the same.
-MAX_TINY_DIFFERENCE = 8.0
 
 _MAGIC = b"LF1"
 _HEADER = struct.Struct("<3sHHHH")  # magic, width, height, keypoints, mirrored keypoints
 _POINT_SCALE = 8.0  # coordinates stored as uint16 in 1/8 pixels
 
-Transform = Literal["similarity", "perspective", "appearance"]
+Transform = Literal["similarity", "appearance"]
 
 
 @dataclass(frozen=True)
@@ -103,18 +114,24 @@ class LocalFeatures:
 
 @dataclass(frozen=True)
 class Evidence:
-    """Why two pictures are taken for the same picture."""
+    """Why a candidate is taken for the query picture, edited. `transform`: "similarity" (the
+    keypoints agree under a rotation, scale and shift, given in `rotation` degrees
+    counter-clockwise and `scale` from query to candidate) or "appearance" (two pictures without
+    texture whose thumbnails agree; no keypoints, so `matches` and `inliers` are 0)."""
 
     transform: Transform
-    mirrored: bool
-    matches: int  # descriptor matches that passed the ratio test (0 for "appearance")
-    inliers: int  # matches consistent with the transform (0 for "appearance")
+    mirrored: bool  # the candidate is the query's mirror image, edited
+    matches: int  # mutual best descriptor matches
+    inliers: int  # matches the transform carries onto each other
+    rotation: float = 0.0
+    scale: float = 1.0
 
 
 def extract(image: Image.Image) -> LocalFeatures:
     """The local features of a decoded, upright picture."""
-    rgb = image.convert("RGB")
-    scale = FEATURE_SIDE / max(rgb.size)
+    rgb = _on_white(image)
+    longer = max(rgb.size)
+    scale = FEATURE_SIDE / longer if longer > FEATURE_SIDE else max(1.0, MIN_SIDE / longer)
     width = max(1, round(rgb.width * scale))
     height = max(1, round(rgb.height * scale))
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
@@ -123,21 +140,51 @@ def extract(image: Image.Image) -> LocalFeatures:
     return LocalFeatures(
         width=width,
         height=height,
-        keypoints=_orb(grey),
-        mirrored=_orb(np.ascontiguousarray(grey[:, ::-1])),
+        keypoints=_orb(grey, MAX_KEYPOINTS),
+        mirrored=_orb(np.ascontiguousarray(grey[:, ::-1]), MAX_MIRRORED_KEYPOINTS),
         tiny=tiny,
     )
 
 
-def _orb(grey: NDArray[np.uint8]) -> Keypoints:
-    # Stretching the contrast first lets faded and dark copies give the same keypoints.
-    stretched = cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX)
-    orb = cv2.ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10)
-    found, descriptors = orb.detectAndCompute(stretched, None)
+def _on_white(image: Image.Image) -> Image.Image:
+    """The picture as RGB, transparent parts shown on white (what lies under them is not seen,
+    and differs between files that look the same)."""
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _orb(grey: NDArray[np.uint8], count: int) -> Keypoints:
+    """Up to `count` ORB keypoints, spread over the picture."""
+    if float(grey.std()) < MIN_CONTRAST:
+        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    orb = cv2.ORB.create(nfeatures=4 * count, fastThreshold=FAST_THRESHOLD)
+    chosen = _spread(orb.detect(grey, None), count, grey.shape[1], grey.shape[0])
+    found, descriptors = orb.compute(grey, chosen)
     if descriptors is None or not found:
         return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
     points = np.array([k.pt for k in found], dtype=np.float32)
     return Keypoints(points, np.ascontiguousarray(descriptors, dtype=np.uint8))
+
+
+def _spread(
+    found: Sequence[cv2.KeyPoint], count: int, width: int, height: int
+) -> list[cv2.KeyPoint]:
+    """The `count` strongest keypoints, at most count / GRID**2 from each cell first."""
+    ranked = sorted(found, key=lambda k: -k.response)
+    per_cell = max(1, count // (GRID * GRID))
+    taken: dict[tuple[int, int], int] = {}
+    chosen, rest = [], []
+    for keypoint in ranked:
+        cell = (int(keypoint.pt[0] * GRID / width), int(keypoint.pt[1] * GRID / height))
+        if taken.get(cell, 0) < per_cell:
+            taken[cell] = taken.get(cell, 0) + 1
+            chosen.append(keypoint)
+        else:
+            rest.append(keypoint)
+    return (chosen + rest)[:count]
 
 
 def verify(query: LocalFeatures, candidate: LocalFeatures) -> Evidence | None:
@@ -166,11 +213,16 @@ def _same_appearance(query: LocalFeatures, candidate: LocalFeatures) -> Evidence
 def _geometric(
     keypoints: Keypoints, query: LocalFeatures, candidate: LocalFeatures, *, mirrored: bool
 ) -> Evidence | None:
-    if len(keypoints) < 2 or len(candidate.keypoints) < 2:
+    if len(keypoints) < MIN_INLIERS or len(candidate.keypoints) < MIN_INLIERS:
         return None
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(keypoints.descriptors, candidate.keypoints.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    # Mutual best matches rather than Lowe's ratio test: text and interfaces repeat their
+    # letters, and a ratio test throws away every repeated corner of a true copy.
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    good = [
+        m
+        for m in matcher.match(keypoints.descriptors, candidate.keypoints.descriptors)
+        if m.distance <= MAX_DESCRIPTOR_DISTANCE
+    ]
     if len(good) < MIN_INLIERS:
         return None
     source = keypoints.points[[m.queryIdx for m in good]]
@@ -181,16 +233,37 @@ def _geometric(
     if matrix is None or mask is None:
         return None
     inliers = mask.ravel().astype(bool)
-    if int(inliers.sum()) < MIN_INLIERS or not _plausible_similarity(matrix):
-        return None
-    if not _covers(source[inliers], query, target[inliers], candidate):
-        return None
-    return Evidence("similarity", mirrored, len(good), int(inliers.sum()))
-
-
-def _plausible_similarity(matrix: NDArray[np.float64]) -> bool:
+    count = int(inliers.sum())
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-    return 1.0 / MAX_SCALE <= scale <= MAX_SCALE
+    if (
+        count < MIN_INLIERS
+        or count < MIN_INLIER_RATIO * len(good)
+        or not 1.0 / MAX_SCALE <= scale <= MAX_SCALE
+        or not _covers(source[inliers], query, target[inliers], candidate)
+        or count < MIN_REGION_SHARE * _keypoints_in_overlap(matrix, keypoints, query, candidate)
+    ):
+        return None
+    # The y axis points down: a counter-clockwise turn as seen has a negative angle in pixels.
+    rotation = -float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
+    return Evidence("similarity", mirrored, len(good), count, round(rotation, 1), round(scale, 3))
+
+
+def _keypoints_in_overlap(
+    matrix: NDArray[Any],
+    keypoints: Keypoints,
+    query: LocalFeatures,
+    candidate: LocalFeatures,
+) -> int:
+    """Keypoints of the sparser of the two pictures inside the region both show."""
+    inverse = cv2.invertAffineTransform(matrix)
+    to_candidate = keypoints.points @ matrix[:, :2].T + matrix[:, 2]
+    to_query = candidate.keypoints.points @ inverse[:, :2].T + inverse[:, 2]
+
+    def inside(points: NDArray[np.floating[Any]], features: LocalFeatures) -> int:
+        x, y = points[:, 0], points[:, 1]
+        return int(np.sum((x >= 0) & (y >= 0) & (x < features.width) & (y < features.height)))
+
+    return min(inside(to_candidate, candidate), inside(to_query, query))
 
 
 def _covers(
@@ -203,6 +276,8 @@ def _covers(
 
     def share(points: NDArray[np.float32], features: LocalFeatures) -> float:
         extent = points.max(axis=0) - points.min(axis=0)
-        return float(extent[0] * extent[1]) / float(features.width * features.height)
+        every = features.keypoints.points
+        whole = np.maximum(every.max(axis=0) - every.min(axis=0), 1.0)
+        return float(extent[0] * extent[1]) / float(whole[0] * whole[1])
 
     return max(share(source, query), share(target, candidate)) >= MIN_COVERAGE
