@@ -27,6 +27,13 @@ CREATE TABLE IF NOT EXISTS images (
 -- several times faster.
 ALTER TABLE images ALTER COLUMN embedding_vector SET STORAGE PLAIN;
 
+-- The keypoints near-duplicate verification compares (app/imaging/verification.py), written at
+-- upload: up to 28 KB a row, stored out of line (TOAST, not compressed: descriptors are random
+-- bits). NULL: not computed yet (verification off at upload, or a row older than the column);
+-- `python -m app reembed` fills it in.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS local_features BYTEA;
+ALTER TABLE images ALTER COLUMN local_features SET STORAGE EXTERNAL;
+
 -- Listing is newest first with a stable tie-break.
 CREATE INDEX IF NOT EXISTS images_upload_timestamp_idx ON images (upload_timestamp DESC, id DESC);
 

@@ -32,6 +32,12 @@ async def _check_collection(resources: Resources) -> None:
     try:
         async with resources.engine.connect() as connection:
             stale = await count_stale_embeddings(connection, model=embedder.name)
+            unverifiable = (
+                await count_stale_embeddings(connection, model=embedder.name, local_features=True)
+                - stale
+                if resources.search_defaults.verification_candidates
+                else 0
+            )
             storage = await check_storage(connection, store=resources.store, repair=True)
     except UNAVAILABLE_EXCEPTIONS as exc:
         if not is_database_unavailable(exc):
@@ -51,6 +57,13 @@ async def _check_collection(resources: Resources) -> None:
             "similar-image search skips them until `python -m app reembed` has run",
             stale,
             embedder.name,
+        )
+    if unverifiable:
+        logger.warning(
+            "%d stored images have no local features for near-duplicate verification (stored "
+            "with VERIFY_NEAR_DUPLICATES off, or by an earlier release); their near-duplicates "
+            "are labelled by score until `python -m app reembed` has run",
+            unverifiable,
         )
 
 

@@ -6,6 +6,7 @@ are all nearly orthogonal and make any index look either perfect or hopeless.
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -36,7 +37,12 @@ def clustered_vectors(
 
 
 def synthetic_row(
-    vector: NDArray[np.float32], *, model: str, number: int = 0, now: datetime | None = None
+    vector: NDArray[np.float32],
+    *,
+    model: str,
+    number: int = 0,
+    now: datetime | None = None,
+    local_features: bytes | None = None,
 ) -> ImageRow:
     """A row of `images` for a vector alone (no file): what the index tests and the search
     benchmark store. Later numbers are older uploads."""
@@ -59,6 +65,7 @@ def synthetic_row(
         embedding_model=model,
         metadata={"embedding": {"model": model, "dimension": len(vector)}},
         processing_status="completed",
+        local_features=local_features,
     )
 
 
@@ -68,14 +75,29 @@ def _copy_record(row: ImageRow) -> tuple[object, ...]:
     return tuple(encoded[column] for column in COLUMNS)
 
 
-async def copy_vectors(dsn: str, vectors: NDArray[np.float32], *, model: str) -> list[uuid.UUID]:
-    """Load one row per vector with COPY (binary); returns the new ids in order."""
+async def copy_vectors(
+    dsn: str,
+    vectors: NDArray[np.float32],
+    *,
+    model: str,
+    local_features: Sequence[bytes] = (),
+) -> list[uuid.UUID]:
+    """Load one row per vector with COPY (binary); returns the new ids in order. Rows take
+    their local features from `local_features` in turn (none if empty)."""
     connection = await asyncpg.connect(dsn)
     try:
         await register_vector(connection)
         now = datetime.now(UTC)
         rows = [
-            synthetic_row(vector, model=model, number=number, now=now)
+            synthetic_row(
+                vector,
+                model=model,
+                number=number,
+                now=now,
+                local_features=local_features[number % len(local_features)]
+                if local_features
+                else None,
+            )
             for number, vector in enumerate(vectors)
         ]
         records = [_copy_record(row) for row in rows]

@@ -423,7 +423,7 @@ def _flat(seed: int) -> Image.Image:
     return Image.fromarray(np.broadcast_to(pixels, (300, 400, 3)).astype(np.uint8))
 
 
-def _shapes(seed: int) -> Image.Image:
+def shapes(seed: int) -> Image.Image:
     """A synthetic picture: a gradient sky and random shapes."""
     rng = np.random.default_rng(seed)
     width, height = 480, 360
@@ -508,7 +508,7 @@ NONPHOTO: dict[
         },
     ),
     "bordered": (
-        lambda seed: _letterbox(_shapes(seed)),
+        lambda seed: _letterbox(shapes(seed)),
         {
             "resize_50": lambda im, s: im.resize(
                 (im.width // 2, im.height // 2), Image.Resampling.LANCZOS

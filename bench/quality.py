@@ -1,135 +1,151 @@
-"""Retrieval quality of the embedders on real photographs, against pHash.
+"""Retrieval and near-duplicate quality, per edit kind and per kind of picture, for every
+configuration side by side: pHash and dHash (the baselines), each embedder alone, and each
+embedder with near-duplicate verification (the service's default: cnn + verification), plus
+two frame-robust query options measured for comparison (four orientations, border trimming).
 
-The photos are the ones shipped inside the scikit-image, scikit-learn and matplotlib wheels
-(requirements-bench.txt). Each gets edited copies; every original is then used as a query
-against all images, and the ranking is scored:
+The sets (bench/edit_sets.py): the 22 real photos shipped in the scikit-image, scikit-learn and
+matplotlib wheels, each with mild edits, hard edits (rotations, off-centre crops, pads, a
+screenshot, a collage tile, overlays, perspective, ...), and pictures that are not photographs
+(documents, screenshots of applications, logos on transparency, flat colours and gradients,
+bordered pictures), 12 of each kind with 4 edits each. Every file goes through the service's
+own decode path (`analyse_image`).
 
-- mAP: mean average precision, the copies of the query being the relevant images;
-- recall@10: the share of those copies found among the ten best;
-- per edit: each copy ranked against the images unrelated to its original.
+Each original is a query. Per (query, copy) pair, the copy is ranked against the images that do
+not contain the query's original, as the service would rank it: by score, or (with
+verification) verified candidates among the best `--candidates` first. AP is 1 / that rank.
+near_duplicate precision and recall count, among the best `--candidates` of each query, the
+copies and the unrelated images given the label: by NEAR_DUPLICATE_THRESHOLD on the score
+without verification, by verification with it.
 
-Every image goes through the service's own decode path (`analyse_image`). Run:
-
-    .venv/bin/python -m bench.quality            # after: pip install -r requirements-bench.txt
+    make install-bench && .venv/bin/python -m bench.quality
 """
 
 import argparse
 import io
-import sys
+import tempfile
+import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib.util import find_spec
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import imagehash
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
+from app.core.config import Settings
+from app.core.resources import create_named_embedder
 from app.imaging.analysis import analyse_image
-from app.imaging.embeddings import EMBEDDING_MODELS, create_embedder
+from app.imaging.embeddings import Embedder
+from app.imaging.verification import Evidence, LocalFeatures, verify
+from bench.edit_sets import HARD_EDITS, MILD_EDITS, Sample, nonphoto_samples, photo_samples
 
-PHOTOS = {
-    "skimage": (
-        "data",
-        [
-            "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
-            "clock_motion.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
-            "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png",
-            "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
-        ],
-    ),
-    "sklearn": ("datasets/images", ["china.jpg", "flower.jpg"]),
-    "matplotlib": ("mpl-data/sample_data", ["grace_hopper.jpg"]),
-}  # fmt: skip
-
-
-def _watermark(image: Image.Image) -> Image.Image:
-    marked = image.convert("RGBA")
-    overlay = Image.new("RGBA", marked.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    width, height = marked.size
-    box = (int(width * 0.55), int(height * 0.8), int(width * 0.97), int(height * 0.95))
-    draw.rectangle(box, fill=(255, 255, 255, 140))
-    draw.text((box[0] + 6, box[1] + 4), "(c) SAMPLE PHOTO", fill=(0, 0, 0, 220))
-    return Image.alpha_composite(marked, overlay).convert("RGB")
-
-
-def _crop(image: Image.Image, keep: float) -> Image.Image:
-    width, height = image.size
-    dx, dy = int(width * (1 - keep) / 2), int(height * (1 - keep) / 2)
-    return image.crop((dx, dy, width - dx, height - dy))
-
-
-EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "resize_50": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS),
-    "jpeg_q25": lambda im: im,  # the edit is the encoding, see _encode
-    "brighter": lambda im: ImageEnhance.Brightness(im).enhance(1.35),
-    "low_contrast": lambda im: ImageEnhance.Contrast(im).enhance(0.6),
-    "greyscale": lambda im: im.convert("L"),
-    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(2)),
-    "crop_80": lambda im: _crop(im, 0.8),
-    "rotate_5": lambda im: im.rotate(5, resample=Image.Resampling.BICUBIC, expand=False),
-    "mirror": ImageOps.mirror,
-    "watermark": _watermark,
+FORMATS = frozenset({"JPEG", "PNG"})
+NEAR_DUPLICATE_THRESHOLD = Settings.model_fields["NEAR_DUPLICATE_THRESHOLD"].default
+CATEGORIES = ("photo", "document", "screenshot", "logo", "flat", "bordered")
+PHOTO_GROUPS = {
+    "mild": set(MILD_EDITS),
+    "hard": set(HARD_EDITS) | {"screenshot", "collage_tile"},
 }
 
 
-@dataclass(frozen=True)
-class Sample:
-    source: int  # index of the original photo
-    edit: str  # "original" or an EDITS key
-    data: bytes
+@dataclass
+class Result:
+    """One configuration's outcome."""
 
+    ap: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    labelled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    search_ms: float = 0.0  # verification time per query (the vector search is not included)
 
-def _encode(image: Image.Image, edit: str) -> bytes:
-    buffer = io.BytesIO()
-    quality = 25 if edit == "jpeg_q25" else 92
-    image.convert("RGB" if image.mode not in {"L", "RGB"} else image.mode).save(
-        buffer, format="JPEG", quality=quality
-    )
-    return buffer.getvalue()
-
-
-def photo_paths() -> list[Path]:
-    paths = []
-    for package, (folder, names) in PHOTOS.items():
-        spec = find_spec(package)
-        if spec is None or spec.origin is None:
-            sys.exit(f"{package} is missing: pip install -r requirements-bench.txt")
-        paths += [Path(spec.origin).parent / folder / name for name in names]
-    return paths
-
-
-def build_samples() -> list[Sample]:
-    samples = []
-    for index, path in enumerate(photo_paths()):
-        with Image.open(path) as opened:
-            original = opened.convert("RGB") if opened.mode not in {"L", "RGB"} else opened.copy()
-        samples.append(Sample(index, "original", _encode(original, "original")))
-        for edit, apply in EDITS.items():
-            samples.append(Sample(index, edit, _encode(apply(original), edit)))
-    return samples
-
-
-def embed_all(model: str, samples: list[Sample]) -> NDArray[np.float32]:
-    embedder = create_embedder(model, 512)
-    formats = frozenset({"JPEG", "PNG"})
-    return np.stack(
-        [
-            analyse_image(
-                s.data, allowed_formats=formats, max_pixels=10**8, embedder=embedder
-            ).embedding
-            for s in samples
+    def mean_ap(self, category: str, edits: set[str] | None = None) -> float:
+        values = [
+            v
+            for (c, e), vs in self.ap.items()
+            if c == category and (edits is None or e in edits)
+            for v in vs
         ]
-    )
+        return float(np.mean(values)) if values else float("nan")
+
+    def precision_recall(self, categories: tuple[str, ...]) -> tuple[float, float, int]:
+        """Precision, recall, false positives of the near_duplicate label."""
+        tp = sum(self.labelled[c][0] for c in categories)
+        fp = sum(self.labelled[c][1] for c in categories)
+        relevant = sum(self.labelled[c][2] for c in categories)
+        return tp / max(1, tp + fp), tp / max(1, relevant), fp
 
 
-def phash_similarity(samples: list[Sample]) -> NDArray[np.float64]:
+def evaluate(
+    samples: list[Sample],
+    similarity: NDArray[np.float64],
+    *,
+    candidates: int,
+    label_by_score: bool,
+    verifier: Callable[[int, int], Evidence | None] | None = None,
+    edits_of: Callable[[Sample], bool] = lambda s: True,
+) -> Result:
+    result = Result()
+    started = time.perf_counter()
+    verified_pairs = 0
+    queries = [i for i, s in enumerate(samples) if s.edit == "original"]
+    for query in queries:
+        sample = samples[query]
+        unrelated = np.array(
+            [i for i, s in enumerate(samples) if i != query and sample.source not in s.sources]
+        )
+        scores = similarity[query, unrelated]
+        order = np.argsort(-scores, kind="stable")
+        top = unrelated[order[:candidates]]
+        top_scores = scores[order[:candidates]]
+        if verifier is not None:
+            verified_unrelated = np.array([verifier(query, u) is not None for u in top])
+            verified_pairs += len(top)
+        else:
+            verified_unrelated = top_scores >= NEAR_DUPLICATE_THRESHOLD
+        counts = result.labelled[sample.category]
+        counts[1] += int(verified_unrelated.sum())
+        if sample.category == "photo":
+            for group in PHOTO_GROUPS:
+                result.labelled[f"photo {group}"][1] += int(verified_unrelated.sum())
+        for copy in (i for i, s in enumerate(samples) if i != query and sample.source in s.sources):
+            score = similarity[query, copy]
+            above = int(np.sum(scores > score))
+            in_top = above < candidates
+            if verifier is not None:
+                duplicate = in_top and verifier(query, copy) is not None
+                verified_pairs += 1
+                labelled_first = int(verified_unrelated.sum())
+                if duplicate:
+                    rank = 1 + int(np.sum(verified_unrelated & (top_scores > score)))
+                else:
+                    rank = (
+                        1
+                        + labelled_first
+                        + above
+                        - int(np.sum(verified_unrelated & (top_scores > score)))
+                    )
+            else:
+                duplicate = in_top and (label_by_score and score >= NEAR_DUPLICATE_THRESHOLD)
+                rank = 1 + above
+            counts[2] += 1
+            counts[0] += int(duplicate)
+            if sample.category == "photo":
+                group = next(g for g, edits in PHOTO_GROUPS.items() if samples[copy].edit in edits)
+                result.labelled[f"photo {group}"][2] += 1
+                result.labelled[f"photo {group}"][0] += int(duplicate)
+            if edits_of(samples[copy]):
+                result.ap[sample.category, samples[copy].edit].append(1.0 / rank)
+    if verifier is not None:
+        result.search_ms = 1000 * (time.perf_counter() - started) / len(queries)
+    return result
+
+
+def hamming_similarity(samples: list[Sample], hasher: Callable[..., object]) -> NDArray[np.float64]:
     hashes = [
-        imagehash.phash(ImageOps.exif_transpose(Image.open(io.BytesIO(s.data)))) for s in samples
+        hasher(ImageOps.exif_transpose(Image.open(io.BytesIO(s.data))).convert("RGB"))
+        for s in samples
     ]
-    bits = np.stack([h.hash.ravel() for h in hashes]).astype(np.int32)
+    bits = np.stack([h.hash.ravel() for h in hashes]).astype(np.int32)  # type: ignore[attr-defined]
     distance = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
     # Hamming distances tie often; a fixed jitter below 1 breaks ties without favouring anyone.
     jitter = np.random.default_rng(0).random(distance.shape) * 0.5
@@ -137,122 +153,221 @@ def phash_similarity(samples: list[Sample]) -> NDArray[np.float64]:
     return similarity
 
 
-@dataclass
-class Scores:
-    map: float
-    recall_at_10: float
-    per_edit_ap: dict[str, float]
-    per_edit_recall: dict[str, float]
+def embed_all(embedder: Embedder, samples: list[Sample]) -> tuple[NDArray[np.float64], float]:
+    """Vectors of every sample and the mean ms per image (decode + embed)."""
+    started = time.perf_counter()
+    vectors = np.stack(
+        [
+            analyse_image(
+                s.data, allowed_formats=FORMATS, max_pixels=10**8, embedder=embedder
+            ).embedding
+            for s in samples
+        ]
+    ).astype(np.float64)
+    return vectors, 1000 * (time.perf_counter() - started) / len(samples)
 
 
-def score(similarity: NDArray[np.float64], samples: list[Sample]) -> Scores:
-    sources = np.array([s.source for s in samples])
-    edits = np.array([s.edit for s in samples])
-    queries = [i for i, s in enumerate(samples) if s.edit == "original"]
-    aps, recalls = [], []
-    edit_ap: dict[str, list[float]] = {edit: [] for edit in EDITS}
-    edit_recall: dict[str, list[float]] = {edit: [] for edit in EDITS}
-    for query in queries:
-        others = np.array([i for i in range(len(samples)) if i != query])
-        order = others[np.argsort(-similarity[query, others], kind="stable")]
-        relevant = sources[order] == sources[query]
-        hits = np.cumsum(relevant)
-        ranks = np.flatnonzero(relevant) + 1
-        aps.append(float(np.mean(hits[relevant] / ranks)))
-        recalls.append(float(relevant[:10].sum() / relevant.sum()))
-        top10 = set(order[:10].tolist())
-        unrelated = sources[order] != sources[query]
-        for edit in EDITS:
-            copy = int(np.flatnonzero((sources == sources[query]) & (edits == edit))[0])
-            rank = 1 + int(np.sum(similarity[query, order[unrelated]] > similarity[query, copy]))
-            edit_ap[edit].append(1.0 / rank)
-            edit_recall[edit].append(float(copy in top10))
-    return Scores(
-        map=float(np.mean(aps)),
-        recall_at_10=float(np.mean(recalls)),
-        per_edit_ap={edit: float(np.mean(v)) for edit, v in edit_ap.items()},
-        per_edit_recall={edit: float(np.mean(v)) for edit, v in edit_recall.items()},
-    )
+def decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as opened:
+        return ImageOps.exif_transpose(opened).convert("RGB")
 
 
-def distributions(
-    similarity: NDArray[np.float64], samples: list[Sample]
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Scores of (original, its edited copy) pairs and of (original, unrelated image) pairs."""
-    copies: list[float] = []
-    unrelated: list[float] = []
-    for query, sample in enumerate(samples):
-        if sample.edit != "original":
-            continue
-        for other, candidate in enumerate(samples):
-            if other == query:
-                continue
-            (copies if candidate.source == sample.source else unrelated).append(
-                similarity[query, other]
-            )
-    return np.array(copies), np.array(unrelated)
+def trim_borders(image: Image.Image, tolerance: int = 12) -> Image.Image:
+    """The picture without plain borders (bars of the corner colours), if it has any."""
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    for corner in (grey[0, 0], grey[-1, -1]):
+        content = np.abs(grey - corner) > tolerance
+        rows = np.flatnonzero(content.mean(axis=1) > 0.02)
+        columns = np.flatnonzero(content.mean(axis=0) > 0.02)
+        if len(rows) and len(columns):
+            box = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            if 0.2 * grey.size <= area < 0.97 * grey.size:
+                image = image.crop(box)
+                grey = np.asarray(image.convert("L"), dtype=np.int16)
+    return image
 
 
-def available(model: str) -> bool:
-    return model != "cnn" or find_spec("torch") is not None
+def embed_pictures(embedder: Embedder, pictures: list[Image.Image]) -> NDArray[np.float64]:
+    return np.stack([embedder.embed(p, content_sha256=b"") for p in pictures]).astype(np.float64)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models", nargs="*", default=[m for m in EMBEDDING_MODELS if available(m)]
-    )
+    parser.add_argument("--models", nargs="*", default=["cnn", "perceptual", "hash"])
+    parser.add_argument("--candidates", type=int, default=20, help="VERIFICATION_CANDIDATES")
+    parser.add_argument("--no-options", action="store_true", help="skip orientations / trimming")
     arguments = parser.parse_args()
+    model_dir = Path(tempfile.gettempdir()) / "image-service-bench-models"
 
-    samples = build_samples()
-    originals = sum(s.edit == "original" for s in samples)
-    print(f"evaluation set: {originals} photos x (original + {len(EDITS)} edits) = {len(samples)}")
-    phash = score(phash_similarity(samples), samples)
-    results = {"phash": phash}
-    for model in arguments.models:
-        vectors = embed_all(model, samples).astype(np.float64)
-        similarity = vectors @ vectors.T
-        results[model] = score(similarity, samples)
-        copies, unrelated = distributions(similarity, samples)
-        pct = [0, 5, 50, 95, 100]
-        print(
-            f"{model}: edited copies p0/p5/p50/p95/p100 = "
-            + " / ".join(f"{v:.3f}" for v in np.percentile(copies, pct))
-        )
-        print(
-            f"{model}: unrelated      p0/p5/p50/p95/p100 = "
-            + " / ".join(f"{v:.3f}" for v in np.percentile(unrelated, pct))
-            + f"   p99 = {np.percentile(unrelated, 99):.3f}"
-        )
-        print(
-            f"{model}: share >= t (copies / unrelated): "
-            + ", ".join(
-                f"{t:.2f}: {np.mean(copies >= t):.1%} / {np.mean(unrelated >= t):.2%}"
-                for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
-            )
-        )
-
-    names = list(results)
-    print()
-    print(f"{'edit':<14}" + "".join(f"{n + ' AP':>16}{'R@10':>7}" for n in names))
-    for edit in EDITS:
-        print(
-            f"{edit:<14}"
-            + "".join(
-                f"{results[n].per_edit_ap[edit]:>16.3f}{results[n].per_edit_recall[edit]:>7.2f}"
-                for n in names
-            )
-        )
+    photos, burst = photo_samples()
+    samples = photos + nonphoto_samples()
+    everything = samples + burst
     print(
-        f"{'overall':<14}"
-        + "".join(f"{results[n].map:>16.3f}{results[n].recall_at_10:>7.2f}" for n in names)
+        f"evaluation set: {sum(s.edit == 'original' for s in samples)} originals, "
+        f"{len(samples)} pictures ({len(photos)} photos and their copies); 1 burst pair"
     )
-    print()
+
+    started = time.perf_counter()
+    features = [
+        LocalFeatures.from_bytes(
+            analyse_image(
+                s.data,
+                allowed_formats=FORMATS,
+                max_pixels=10**8,
+                embedder=create_named_embedder("hash", 512, model_dir=model_dir),
+                local_features=True,
+            ).local_features
+            or b""
+        )
+        for s in everything
+    ]
+    features_ms = 1000 * (time.perf_counter() - started) / len(everything)
+    sizes = [len(f.to_bytes()) for f in features]
+    print(
+        f"local features: {features_ms:.1f} ms per picture (decode + extract, hash embedder), "
+        f"{np.mean(sizes) / 1024:.1f} KB mean, {max(sizes) / 1024:.1f} KB max"
+    )
+    cache: dict[tuple[int, int], Evidence | None] = {}
+
+    def verifier(query: int, candidate: int) -> Evidence | None:
+        if (query, candidate) not in cache:
+            cache[query, candidate] = verify(features[query], features[candidate])
+        return cache[query, candidate]
+
+    results: dict[str, Result] = {}
+    timings: dict[str, float] = {}
+    burst_scores: dict[str, str] = {}
+    n = len(samples)
+    for name, hasher in (("pHash", imagehash.phash), ("dHash", imagehash.dhash)):
+        similarity = hamming_similarity(samples, hasher)
+        results[name] = evaluate(
+            samples, similarity, candidates=arguments.candidates, label_by_score=False
+        )
+    burst_query = next(
+        i for i, s in enumerate(samples) if s.source == "photo:14" and s.edit == "original"
+    )
     for model in arguments.models:
-        ratio = results[model].map / phash.map
+        embedder = create_named_embedder(model, 512, model_dir=model_dir)
+        vectors, timings[model] = embed_all(embedder, everything)
+        similarity = vectors[:n] @ vectors[:n].T
+        results[model] = evaluate(
+            samples, similarity, candidates=arguments.candidates, label_by_score=True
+        )
+        burst_score = float(vectors[burst_query] @ vectors[n])
+        burst_scores[model] = f"score {burst_score:.3f}"
+        if model == "hash":
+            continue
+        results[f"{model}+verify"] = evaluate(
+            samples,
+            similarity,
+            candidates=arguments.candidates,
+            label_by_score=True,
+            verifier=verifier,
+        )
+        evidence = verify(features[burst_query], features[n])
+        burst_scores[f"{model}+verify"] = (
+            f"score {burst_score:.3f}, "
+            + ("near_duplicate" if evidence else "not verified")
+            + (f" ({evidence.inliers} inliers)" if evidence else "")
+        )
+        if arguments.no_options:
+            continue
+        # Frame-robust options, measured for comparison (not in the service): the query in
+        # four orientations (best score), and plain borders trimmed from every picture.
+        originals = [i for i, s in enumerate(samples) if s.edit == "original"]
+        turned = {
+            i: embed_pictures(
+                embedder,
+                [decoded(samples[i].data).rotate(angle, expand=True) for angle in (90, 180, 270)],
+            )
+            for i in originals
+        }
+        oriented = similarity.copy()
+        for i in originals:
+            oriented[i] = np.maximum(oriented[i], (turned[i] @ vectors[:n].T).max(axis=0))
+        results[f"{model}+orient"] = evaluate(
+            samples, oriented, candidates=arguments.candidates, label_by_score=True
+        )
+        trimmed_vectors = embed_pictures(embedder, [trim_borders(decoded(s.data)) for s in samples])
+        results[f"{model}+trim"] = evaluate(
+            samples,
+            trimmed_vectors @ trimmed_vectors.T,
+            candidates=arguments.candidates,
+            label_by_score=True,
+        )
+
+    report(results, timings, features_ms, burst_scores)
+
+
+def report(
+    results: dict[str, Result],
+    timings: dict[str, float],
+    features_ms: float,
+    burst_scores: dict[str, str],
+) -> None:
+    names = list(results)
+    width = max(12, *(len(n) + 1 for n in names))
+    print("\nAP per edit of a photo (copy ranked against every unrelated picture):")
+    print(f"{'edit':<22}" + "".join(f"{n:>{width}}" for n in names))
+    for group, edits in (
+        ("mild", MILD_EDITS),
+        ("hard", {**HARD_EDITS, "screenshot": 0, "collage_tile": 0}),
+    ):
+        for edit in edits:
+            print(
+                f"{edit:<22}"
+                + "".join(f"{np.mean(results[n].ap['photo', edit]):>{width}.3f}" for n in names)
+            )
         print(
-            f"quality: model={model} map={results[model].map:.4f} "
-            f"phash_map={phash.map:.4f} ratio={ratio:.3f}"
+            f"{'mAP ' + group:<22}"
+            + "".join(
+                f"{results[n].mean_ap('photo', PHOTO_GROUPS[group]):>{width}.3f}" for n in names
+            )
+        )
+    print("\nmAP per kind of picture:")
+    print(f"{'category':<22}" + "".join(f"{n:>{width}}" for n in names))
+    for category in CATEGORIES:
+        print(
+            f"{category:<22}"
+            + "".join(f"{results[n].mean_ap(category):>{width}.3f}" for n in names)
+        )
+    print("\nnear_duplicate label, precision / recall (false positives):")
+    print(f"{'category':<22}" + "".join(f"{n:>{width + 8}}" for n in names if "Hash" not in n))
+    rows = [
+        ("photo, mild edits", ("photo mild",)),
+        ("photo, hard edits", ("photo hard",)),
+        *((c, (c,)) for c in CATEGORIES),
+        ("non-photo, all", CATEGORIES[1:]),
+        ("all", CATEGORIES),
+    ]
+    for label, categories in rows:
+        cells = []
+        for n in names:
+            if "Hash" in n:
+                continue
+            precision, recall, fp = results[n].precision_recall(categories)
+            cells.append(f"{precision:.3f} / {recall:.3f} ({fp})")
+        print(f"{label:<22}" + "".join(f"{c:>{width + 8}}" for c in cells))
+    print("\ntime per picture, in-process (decode + embed; + local features for +verify):")
+    for model, ms in timings.items():
+        print(f"  {model:<12} {ms:7.1f} ms   + local features {features_ms:.1f} ms")
+    for n in names:
+        if results[n].search_ms:
+            print(f"  {n:<12} verification {results[n].search_ms:.1f} ms per query")
+    print("\nburst (two shots of one scene, motorcycle_left / motorcycle_right):")
+    for name, text in burst_scores.items():
+        print(f"  {name:<16} {text}")
+    print()
+    default = results.get("cnn+verify")
+    if default is not None:
+        hard = default.mean_ap("photo", PHOTO_GROUPS["hard"])
+        precision, recall, _ = default.precision_recall(("photo",))
+        print(
+            f"quality: default=cnn+verify hard_map={hard:.4f} "
+            f"screenshot_ap={np.mean(default.ap['photo', 'screenshot']):.4f} "
+            f"collage_ap={np.mean(default.ap['photo', 'collage_tile']):.4f} "
+            f"photo_nd_precision={precision:.4f} photo_nd_recall={recall:.4f}"
         )
 
 

@@ -8,7 +8,13 @@ Loads N clustered vectors with COPY, builds the configured index, then
   taking turns in blocks of 200 calls; with `--baseline DIR`, also GET /similar of another
   checkout (an earlier commit) on the same data, in the same turns;
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
-- the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint.
+- the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint;
+- GET /similar with near-duplicate verification (the default: VERIFICATION_CANDIDATES
+  candidates verified with their stored local features) against the same app with
+  VERIFY_NEAR_DUPLICATES=false, which runs the search exactly as before verification existed.
+  Every row carries the local features of one of 64 synthetic pictures (28 KB each, as real
+  ones), so verification reads and compares real-sized features; the candidates are unrelated
+  to the query, so each is tried as it is and mirrored, the slowest case.
 
     .venv/bin/python -m bench.search --rows 100000
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
@@ -31,8 +37,10 @@ import numpy as np
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import INDEX_NAME, search_settings
+from app.imaging.verification import extract
 from app.services.search import SearchOptions, nearest_images_sql, search_by_image
 from bench.corpus import clustered_vectors, copy_vectors
+from bench.edit_sets import shapes
 from bench.harness import (
     ROOT as ROOT_CHECKOUT,
 )
@@ -47,7 +55,8 @@ from bench.harness import (
     summary,
 )
 
-MODEL = "perceptual"  # the service's default model, so /similar compares these rows
+MODEL = "cnn"  # the service's default model, so /similar compares these rows
+FEATURE_PICTURES = 64
 QUERIES = 200
 BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
 Call = Callable[[int], Awaitable[object]]
@@ -67,7 +76,9 @@ async def run(rows: int, baseline: Path | None) -> None:
         vectors = clustered_vectors(rows + QUERIES, clusters=clusters, seed=1)
         stored, held_out = vectors[:rows], vectors[rows:]
         started = time.perf_counter()
-        ids = await copy_vectors(libpq_dsn(url), stored, model=MODEL)
+        ids = await copy_vectors(
+            libpq_dsn(url), stored, model=MODEL, local_features=feature_blobs()
+        )
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         status = await prepare_vector_index(url, settings)
@@ -112,10 +123,13 @@ async def run(rows: int, baseline: Path | None) -> None:
             return await sql_call(number, threshold=0.999)
 
         environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
-        apps = {"http": ROOT_CHECKOUT} | ({"baseline http": baseline} if baseline else {})
+        apps = {
+            "http": (ROOT_CHECKOUT, environment),
+            "http verify off": (ROOT_CHECKOUT, {**environment, "VERIFY_NEAR_DUPLICATES": "false"}),
+        } | ({"baseline http": (baseline, environment)} if baseline else {})
         clients: dict[str, KeepAliveClient] = {}
-        for name, checkout in apps.items():
-            base_url = await stack.enter_async_context(running_app(environment, checkout))
+        for name, (checkout, app_environment) in apps.items():
+            base_url = await stack.enter_async_context(running_app(app_environment, checkout))
             clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 8))
 
         def http_call(client: KeepAliveClient) -> "Call":
@@ -165,6 +179,11 @@ async def run(rows: int, baseline: Path | None) -> None:
         f"http p50 = sql {sql_p50:.2f} + HTTP round trip without a search (health/live) "
         f"{floor_p50:.2f} + the endpoint's own work {http_p50 - sql_p50 - floor_p50:.2f} ms"
     )
+    off_p50 = percentile(report["http verify off c=1"], 0.5)
+    print(
+        f"verification: /similar p50 {http_p50:.2f} ms with it, {off_p50:.2f} ms without "
+        f"(VERIFY_NEAR_DUPLICATES=false, the search as before): {http_p50 / off_p50:.2f} x"
+    )
     if baseline is not None:
         baseline_p50 = percentile(report["baseline http c=1"], 0.5)
         print(
@@ -178,6 +197,15 @@ async def run(rows: int, baseline: Path | None) -> None:
         f"http_over_sql={http_p50 / sql_p50:.2f} "
         f"p99_http_ms={percentile(report['http c=1'], 0.99):.2f}"
     )
+
+
+def feature_blobs() -> list[bytes]:
+    """The local features of FEATURE_PICTURES synthetic pictures, as uploads store them."""
+    blobs = []
+    for seed in range(FEATURE_PICTURES):
+        picture = shapes(seed)
+        blobs.append(extract(picture, original_side=max(picture.size)).to_bytes())
+    return blobs
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ def reembed(arguments: argparse.Namespace) -> None:
                 max_pixels=settings.MAX_IMAGE_PIXELS,
                 batch_size=arguments.batch_size,
                 on_progress=lambda p: bar.show(p.processed, p.total, p.failed),
+                local_features=settings.VERIFY_NEAR_DUPLICATES,
             )
 
     progress = asyncio.run(run())

@@ -84,9 +84,14 @@ class Settings(BaseSettings):
     # least 0.6, and fewer than 0.5% of unrelated photos do.
     SIMILARITY_THRESHOLD: float = Field(default=0.6, ge=-1.0, le=1.0)
     MAX_SIMILAR_RESULTS: int = Field(default=10, ge=1, le=100)
-    # Matches at or above this are labelled near_duplicate; calibrated like the threshold: 93%
-    # of edited copies and no unrelated photo of bench/quality.py reach 0.7 (perceptual).
+    # With VERIFY_NEAR_DUPLICATES off (or for an image without local features), matches at or
+    # above this are labelled near_duplicate: 93% of the mild edits of bench/quality.py and no
+    # unrelated photo reach 0.7 (perceptual); no threshold separates harder edits.
     NEAR_DUPLICATE_THRESHOLD: float = Field(default=0.7, ge=-1.0, le=1.0)
+    # Two stages: the vector index proposes candidates, local features (computed at upload)
+    # verify the best VERIFICATION_CANDIDATES of them; a verified match is a near_duplicate.
+    VERIFY_NEAR_DUPLICATES: bool = True
+    VERIFICATION_CANDIDATES: int = Field(default=20, ge=1, le=100)
 
     # Vector index (see README, "Search at scale")
     VECTOR_INDEX: Literal["hnsw", "ivfflat", "none"] = "hnsw"

@@ -30,6 +30,7 @@ class UploadPolicy:
     max_pixels: int
     max_frames: int
     allowed_formats: frozenset[str]  # Pillow format names
+    local_features: bool  # computed for verification (VERIFY_NEAR_DUPLICATES)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "UploadPolicy":
@@ -38,17 +39,20 @@ class UploadPolicy:
             max_pixels=settings.MAX_IMAGE_PIXELS,
             max_frames=settings.MAX_FRAMES,
             allowed_formats=settings.allowed_formats,
+            local_features=settings.VERIFY_NEAR_DUPLICATES and settings.EMBEDDING_MODEL != "hash",
         )
 
 
 @dataclass(frozen=True)
 class SearchDefaults:
-    """What a search uses when the request does not say (MAX_SIMILAR_RESULTS, thresholds)."""
+    """What a search uses when the request does not say (MAX_SIMILAR_RESULTS, thresholds) and
+    how it decides near-duplicates (VERIFY_NEAR_DUPLICATES, VERIFICATION_CANDIDATES)."""
 
     limit: int
     threshold: float  # lowest cosine similarity returned
     near_duplicate_threshold: float
     index: VectorIndexConfig
+    verification_candidates: int  # 0: verification off
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SearchDefaults":
@@ -57,6 +61,10 @@ class SearchDefaults:
             threshold=settings.SIMILARITY_THRESHOLD,
             near_duplicate_threshold=settings.NEAR_DUPLICATE_THRESHOLD,
             index=settings.vector_index,
+            # The hash mock proposes random candidates: nothing there to verify.
+            verification_candidates=settings.VERIFICATION_CANDIDATES
+            if settings.VERIFY_NEAR_DUPLICATES and settings.EMBEDDING_MODEL != "hash"
+            else 0,
         )
 
 

@@ -5,6 +5,7 @@ Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event lo
 
 import hashlib
 import io
+import math
 import re
 import struct
 import time
@@ -16,6 +17,7 @@ from numpy.typing import NDArray
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from app.imaging import verification
 from app.imaging.embeddings import Embedder
 from app.imaging.formats import sniff_format
 
@@ -47,6 +49,8 @@ class AnalysedImage:
     metadata: dict[str, Any]
     embedding: NDArray[np.float32]
     seconds: float  # time spent validating, decoding and embedding
+    # verification.LocalFeatures.to_bytes(), when asked for
+    local_features: bytes | None = None
 
 
 def analyse_image(
@@ -56,8 +60,10 @@ def analyse_image(
     max_pixels: int,
     embedder: Embedder,
     max_frames: int = 1000,
+    local_features: bool = False,
 ) -> AnalysedImage:
-    """Validate `data` as an accepted image and derive its metadata and embedding.
+    """Validate `data` as an accepted image and derive its metadata and embedding (and, with
+    `local_features`, the keypoints near-duplicate verification compares).
 
     Raises UnsupportedImageFormat (not an accepted format), ImageTooLarge (too many pixels) or
     InvalidImage (corrupt or truncated).
@@ -82,9 +88,15 @@ def analyse_image(
                 )
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
             # decoded at a reduced scale, which is much faster and still reads every byte.
-            image.draft("RGB", (embedder.decode_side, embedder.decode_side))
+            image.draft("RGB", _decode_size(width, height, embedder, local_features))
             image.load()
-            embedding = embedder.embed(_upright(image), content_sha256=digest)
+            upright = _upright(image)
+            embedding = embedder.embed(upright, content_sha256=digest)
+            features = (
+                verification.extract(upright, original_side=max(width, height)).to_bytes()
+                if local_features
+                else None
+            )
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"Image exceeds the pixel limit of {max_pixels}") from exc
     # Pillow's plugins also fail on truncated or malformed streams with IndexError (a GIF cut
@@ -116,7 +128,20 @@ def analyse_image(
         metadata=metadata,
         embedding=embedding,
         seconds=time.perf_counter() - started,
+        local_features=features,
     )
+
+
+def _decode_size(
+    width: int, height: int, embedder: Embedder, local_features: bool
+) -> tuple[int, int]:
+    """The smallest size JPEG may be decoded at: both sides at least the embedder's, and the
+    longer side at least the local features' (they work at FEATURE_SIDE)."""
+    side = embedder.decode_side
+    if not local_features:
+        return side, side
+    scale = verification.FEATURE_SIDE / max(width, height, 1)
+    return max(side, math.ceil(width * scale)), max(side, math.ceil(height * scale))
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -15,8 +15,8 @@ Every threshold below was calibrated on bench/quality.py (see the README's quali
 
 Features are serialised with `LocalFeatures.to_bytes` and stored with each image: 36 bytes per
 keypoint (coordinates, 32-byte ORB descriptor), at most 512 for the picture and 256 for its
-mirror image, plus the 768-byte thumbnail: at most 28,425 bytes. Pure computation (OpenCV,
-numpy), no I/O.
+mirror image, plus the 768-byte thumbnail and a 15-byte header: at most 28,431 bytes. Pure
+computation (OpenCV, numpy), no I/O.
 """
 
 import struct
@@ -55,7 +55,8 @@ MIN_COVERAGE = 0.3  # inlier bounding box / keypoint bounding box, in one of the
 MAX_SCALE = 8.0
 
 _MAGIC = b"LF1"
-_HEADER = struct.Struct("<3sHHHH")  # magic, width, height, keypoints, mirrored keypoints
+# magic, width, height, the picture's longer side as decoded, keypoints, mirrored keypoints
+_HEADER = struct.Struct("<3sHHIHH")
 _POINT_SCALE = 8.0  # coordinates stored as uint16 in 1/8 pixels
 
 Transform = Literal["similarity", "appearance"]
@@ -74,9 +75,15 @@ class Keypoints:
 class LocalFeatures:
     width: int  # the picture's size on the FEATURE_SIDE scale
     height: int
+    original_side: int  # the longer side of the picture as stored, in pixels
     keypoints: Keypoints
     mirrored: Keypoints  # of the picture mirrored left to right
     tiny: NDArray[np.uint8]  # TINY_SIDE x TINY_SIDE x 3, RGB
+
+    @property
+    def pixel_scale(self) -> float:
+        """Pixels of the stored picture per pixel of the FEATURE_SIDE scale."""
+        return self.original_side / max(self.width, self.height)
 
     @property
     def low_texture(self) -> bool:
@@ -84,7 +91,14 @@ class LocalFeatures:
 
     def to_bytes(self) -> bytes:
         parts = [
-            _HEADER.pack(_MAGIC, self.width, self.height, len(self.keypoints), len(self.mirrored))
+            _HEADER.pack(
+                _MAGIC,
+                self.width,
+                self.height,
+                self.original_side,
+                len(self.keypoints),
+                len(self.mirrored),
+            )
         ]
         for keypoints in (self.keypoints, self.mirrored):
             parts.append(np.round(keypoints.points * _POINT_SCALE).astype("<u2").tobytes())
@@ -95,7 +109,9 @@ class LocalFeatures:
     @classmethod
     def from_bytes(cls, data: bytes) -> "LocalFeatures":
         """Raises ValueError for bytes `to_bytes` did not write."""
-        magic, width, height, count, mirrored_count = _HEADER.unpack_from(data)
+        if len(data) < _HEADER.size:
+            raise ValueError("not serialised local features")
+        magic, width, height, side, count, mirrored_count = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ValueError("not serialised local features")
         offset = _HEADER.size
@@ -109,7 +125,7 @@ class LocalFeatures:
         tiny = np.frombuffer(data, np.uint8, TINY_SIDE * TINY_SIDE * 3, offset)
         if offset + tiny.size != len(data):
             raise ValueError("serialised local features have the wrong length")
-        return cls(width, height, sets[0], sets[1], tiny.reshape(TINY_SIDE, TINY_SIDE, 3))
+        return cls(width, height, side, sets[0], sets[1], tiny.reshape(TINY_SIDE, TINY_SIDE, 3))
 
 
 @dataclass(frozen=True)
@@ -127,8 +143,10 @@ class Evidence:
     scale: float = 1.0
 
 
-def extract(image: Image.Image) -> LocalFeatures:
-    """The local features of a decoded, upright picture."""
+def extract(image: Image.Image, *, original_side: int | None = None) -> LocalFeatures:
+    """The local features of a decoded, upright picture. `original_side`: the longer side of the
+    picture as stored, when it was decoded smaller (JPEG draft mode); it only serves to report
+    the scale of a match in the pictures' own pixels."""
     rgb = _on_white(image)
     longer = max(rgb.size)
     scale = FEATURE_SIDE / longer if longer > FEATURE_SIDE else max(1.0, MIN_SIDE / longer)
@@ -140,6 +158,7 @@ def extract(image: Image.Image) -> LocalFeatures:
     return LocalFeatures(
         width=width,
         height=height,
+        original_side=original_side or longer,
         keypoints=_orb(grey, MAX_KEYPOINTS),
         mirrored=_orb(np.ascontiguousarray(grey[:, ::-1]), MAX_MIRRORED_KEYPOINTS),
         tiny=tiny,
@@ -245,6 +264,7 @@ def _geometric(
         return None
     # The y axis points down: a counter-clockwise turn as seen has a negative angle in pixels.
     rotation = -float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
+    scale *= candidate.pixel_scale / query.pixel_scale  # in the pictures' own pixels
     return Evidence("similarity", mirrored, len(good), count, round(rotation, 1), round(scale, 3))
 
 

@@ -7,7 +7,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from app.core.vector_index import EmbeddingVector
@@ -33,10 +33,14 @@ images = Table(
     Column("embedding_model", String(64), nullable=False),
     Column("metadata", JSONB, nullable=False),
     Column("processing_status", String(50), nullable=False),
+    Column("local_features", LargeBinary),
 )
 
-# Every column but the vector (about 2 KB a row), for reads that return records.
-RECORD_COLUMNS = tuple(column for column in images.columns if column.name != "embedding_vector")
+# Every column but the vector (about 2 KB a row) and the local features (up to 28 KB), for reads
+# that return records.
+RECORD_COLUMNS = tuple(
+    column for column in images.columns if column.name not in {"embedding_vector", "local_features"}
+)
 
 
 class ImageRow(TypedDict):
@@ -58,3 +62,4 @@ class ImageRow(TypedDict):
     embedding_model: str
     metadata: dict[str, Any]
     processing_status: str
+    local_features: bytes | None

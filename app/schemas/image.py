@@ -40,6 +40,23 @@ class ImageList(BaseModel):
     limit: int = Field(ge=1)
 
 
+class MatchEvidence(BaseModel):
+    """Why a match is labelled near_duplicate: what near-duplicate verification found."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    transform: Literal["similarity", "appearance"] = Field(
+        description="`similarity`: the keypoints of both pictures agree under one rotation, "
+        "scale and shift; `appearance`: two pictures without texture (flat colours, smooth "
+        "gradients) whose thumbnails agree"
+    )
+    mirrored: bool = Field(description="The match is the query's mirror image, edited")
+    matches: int = Field(ge=0, description="Keypoint matches (mutual best descriptors)")
+    inliers: int = Field(ge=0, description="Matches the transform carries onto each other")
+    rotation: float = Field(description="Degrees, counter-clockwise, from query to match")
+    scale: float = Field(gt=0, description="Size of the match's content / the query's")
+
+
 class SimilarImage(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -49,8 +66,12 @@ class SimilarImage(BaseModel):
     similarity_score: float = Field(ge=-1.0, le=1.0, description="Cosine similarity")
     upload_timestamp: datetime
     match: Literal["exact", "near_duplicate", "similar"] = Field(
-        description="`exact`: the same bytes; `near_duplicate`: score at or above "
-        "NEAR_DUPLICATE_THRESHOLD (edited copies); `similar`: anything else above the threshold"
+        description="`exact`: the same bytes; `near_duplicate`: the same picture, edited "
+        "(verified by its keypoints; with verification off, a score at or above "
+        "NEAR_DUPLICATE_THRESHOLD); `similar`: looks alike, above the threshold"
+    )
+    evidence: MatchEvidence | None = Field(
+        default=None, description="For a verified near_duplicate: what verification found"
     )
 
 

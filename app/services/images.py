@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Row, delete, exists, func, select, text
+from sqlalchemy import ColumnElement, Row, delete, exists, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
@@ -113,9 +113,22 @@ def cached_thumbnail(
     return target
 
 
-async def count_stale_embeddings(connection: AsyncConnection, *, model: str) -> int:
-    """How many stored images were embedded with another model than `model`."""
-    stale = select(func.count()).select_from(images).where(images.c.embedding_model != model)
+def stale_rows(model: str, *, local_features: bool = False) -> ColumnElement[bool]:
+    """Rows embedded with another model than `model` (or, with `local_features`, without the
+    local features that near-duplicate verification needs)."""
+    other_model = images.c.embedding_model != model
+    return or_(other_model, images.c.local_features.is_(None)) if local_features else other_model
+
+
+async def count_stale_embeddings(
+    connection: AsyncConnection, *, model: str, local_features: bool = False
+) -> int:
+    """How many stored images `stale_rows` selects."""
+    stale = (
+        select(func.count())
+        .select_from(images)
+        .where(stale_rows(model, local_features=local_features))
+    )
     return await connection.scalar(stale) or 0
 
 

@@ -66,6 +66,7 @@ async def analyse_upload(
             max_pixels=policy.max_pixels,
             max_frames=policy.max_frames,
             embedder=embedder,
+            local_features=policy.local_features,
         )
 
 
@@ -126,6 +127,7 @@ async def ingest_image(
                 embedding_model=embedder.name,
                 metadata=analysed.metadata,
                 processing_status="completed",
+                local_features=analysed.local_features,
             )
             await connection.execute(insert(images).values(row))
             inserted = True  # only the commit is left

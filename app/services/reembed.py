@@ -1,8 +1,10 @@
-"""Recompute stored embeddings with the current model, from the stored files.
+"""Recompute stored embeddings with the current model (and the local features verification
+needs, when it is on), from the stored files.
 
-Resumable by construction: only rows whose `embedding_model` differs from the current model are
-selected, and each batch is committed on its own, so an interrupted run continues where it
-stopped. Searches keep working meanwhile (they compare only embeddings of the current model).
+Resumable by construction: only rows whose `embedding_model` differs from the current model (or,
+with `local_features`, that have none) are selected, and each batch is committed on its own,
+so an interrupted run continues where it stopped. Searches keep working meanwhile (they compare
+only embeddings of the current model).
 """
 
 import uuid
@@ -22,7 +24,7 @@ from app.imaging.analysis import analyse_image
 from app.imaging.embeddings import Embedder
 from app.imaging.formats import BY_NAME
 from app.models.image import images
-from app.services.images import count_stale_embeddings
+from app.services.images import count_stale_embeddings, stale_rows
 
 ProgressCallback = Callable[["ReembedProgress"], None]
 
@@ -50,16 +52,19 @@ async def reembed_images(
     max_pixels: int,
     batch_size: int = 100,
     on_progress: ProgressCallback | None = None,
+    local_features: bool = False,
 ) -> ReembedProgress:
     async with engine.connect() as connection:
-        total = await count_stale_embeddings(connection, model=embedder.name)
+        total = await count_stale_embeddings(
+            connection, model=embedder.name, local_features=local_features
+        )
     progress = ReembedProgress(total=total)
     after: uuid.UUID | None = None
     while True:
         async with engine.connect() as connection, transaction(connection):
             query = (
                 select(images.c.id, images.c.file_path, images.c.metadata)
-                .where(images.c.embedding_model != embedder.name)
+                .where(stale_rows(embedder.name, local_features=local_features))
                 .order_by(images.c.id)
                 .limit(batch_size)
             )
@@ -70,7 +75,14 @@ async def reembed_images(
                 return progress
             for image_id, relative_path, metadata in batch:
                 if await _reembed_one(
-                    connection, image_id, relative_path, metadata, store, embedder, max_pixels
+                    connection,
+                    image_id,
+                    relative_path,
+                    metadata,
+                    store,
+                    embedder,
+                    max_pixels,
+                    local_features,
                 ):
                     progress.updated += 1
                 else:
@@ -88,6 +100,7 @@ async def _reembed_one(
     store: ImageStore,
     embedder: Embedder,
     max_pixels: int,
+    local_features: bool,
 ) -> bool:
     if relative_path is None:
         return False
@@ -99,6 +112,7 @@ async def _reembed_one(
             allowed_formats=frozenset(BY_NAME),
             max_pixels=max_pixels,
             embedder=embedder,
+            local_features=local_features,
         )
     except (OSError, ServiceError):
         return False  # missing or unreadable file: left as it is, reported as failed
@@ -109,6 +123,7 @@ async def _reembed_one(
             embedding_vector=analysed.embedding,
             embedding_model=embedder.name,
             metadata={**metadata, "embedding": analysed.metadata["embedding"]},
+            local_features=analysed.local_features,
             processed_timestamp=datetime.now(UTC),
         )
     )

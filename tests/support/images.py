@@ -4,7 +4,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
@@ -49,3 +49,45 @@ def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0, **options: Any)
 
 def png_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     return encode(photo(width, height, seed), "PNG")
+
+
+def text_page(seed: int, width: int = 600, height: int = 800) -> Image.Image:
+    """Black text on white: lines of random words (different seeds give different pages)."""
+    rng = np.random.default_rng(seed)
+    words = [
+        "invoice",
+        "total",
+        "amount",
+        "payment",
+        "date",
+        "order",
+        "number",
+        "service",
+        "balance",
+        "report",
+    ]
+    page = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=18)
+    for line in range(24):
+        text = " ".join(str(w) for w in rng.choice(words, size=int(rng.integers(4, 9))))
+        draw.text((50, 50 + 28 * line), text, font=font, fill=(0, 0, 0))
+    return page
+
+
+def screenshot_of(picture: Image.Image, seed: int = 0) -> Image.Image:
+    """`picture` at 60% of a 1280 x 800 window with a title bar, a sidebar and text."""
+    rng = np.random.default_rng(seed)
+    screen = Image.new("RGB", (1280, 800), (246, 246, 248))
+    draw = ImageDraw.Draw(screen)
+    draw.rectangle((0, 0, 1280, 44), fill=(52, 58, 70))
+    draw.rectangle((0, 44, 220, 800), fill=(230, 232, 236))
+    font = ImageFont.load_default(size=16)
+    for line in range(14):
+        draw.text(
+            (18, 70 + 48 * line), f"Folder {rng.integers(100, 999)}", font=font, fill=(0, 0, 0)
+        )
+    scale = 768 / picture.width
+    shown = picture.resize((768, int(picture.height * scale)), Image.Resampling.LANCZOS)
+    screen.paste(shown, (250, 70))
+    return screen

@@ -150,7 +150,9 @@ async def find_similar_images(
     options = SearchOptions.for_request(
         resources.search_defaults, resources.embedder.name, limit, threshold
     )
-    matches = await search.find_similar_images(connection, image_id, options)
+    matches = await search.find_similar_images(
+        connection, image_id, options, slots=resources.decode_slots
+    )
     return similar_images_response(image_id, matches)
 
 
@@ -195,7 +197,12 @@ async def search_by_image(
         resources.search_defaults, resources.embedder.name, limit, threshold
     )
     matches = await search.search_by_image(
-        connection, analysed.embedding, analysed.content_hash, options
+        connection,
+        analysed.embedding,
+        analysed.content_hash,
+        options,
+        local_features=analysed.local_features,
+        slots=resources.decode_slots,
     )
     return similar_images_response(None, matches)
 
