@@ -1,20 +1,25 @@
-"""Time per 1-megapixel JPEG: the whole validate + decode + embed path for each embedder, and
-the embedding step alone. The `hash` embedder does no pixel work, so its time is the baseline
-cost of validating and decoding; the difference is what an embedder adds.
+"""Time per 1-megapixel JPEG: the whole validate + decode + embed path for each embedder, with
+and without the local features near-duplicate verification stores, and the embedding step
+alone. The `hash` embedder does no pixel work, so its time is the baseline cost of validating
+and decoding; the difference is what an embedder adds. The service's default is `cnn` with
+local features; the previous default was `perceptual` without them.
 
     .venv/bin/python -m bench.embedding_speed
 """
 
 import io
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from app.core.resources import create_named_embedder
 from app.imaging.analysis import analyse_image
-from app.imaging.embeddings import EMBEDDING_MODELS, create_embedder
+from app.imaging.embeddings import EMBEDDING_MODELS
 
 REPEATS = 30
 
@@ -38,11 +43,9 @@ def median_ms(run: Callable[[], object], repeats: int = REPEATS) -> float:
 
 
 def measure(model: str, data: bytes) -> None:
-    try:
-        embedder = create_embedder(model, 512)
-    except RuntimeError as exc:
-        print(f"{model}: skipped ({exc})")
-        return
+    embedder = create_named_embedder(
+        model, 512, model_dir=Path(tempfile.gettempdir()) / "image-service-bench-models"
+    )
     decoded = Image.open(io.BytesIO(data))
     decoded.draft("RGB", (embedder.decode_side, embedder.decode_side))
     decoded.load()
@@ -50,8 +53,20 @@ def measure(model: str, data: bytes) -> None:
     total = median_ms(
         lambda: analyse_image(data, allowed_formats=formats, max_pixels=10**8, embedder=embedder)
     )
+    with_features = median_ms(
+        lambda: analyse_image(
+            data,
+            allowed_formats=formats,
+            max_pixels=10**8,
+            embedder=embedder,
+            local_features=True,
+        )
+    )
     alone = median_ms(lambda: embedder.embed(decoded, content_sha256=b"\0" * 32))
-    print(f"embedding_speed: model={model} total_ms={total:.2f} embed_ms={alone:.2f}")
+    print(
+        f"embedding_speed: model={model} total_ms={total:.2f} "
+        f"with_local_features_ms={with_features:.2f} embed_ms={alone:.2f}"
+    )
 
 
 def main() -> None:
