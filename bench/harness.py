@@ -170,6 +170,16 @@ class KeepAliveClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
+        """One request; sent again on a new connection when the server had closed the idle one
+        it went out on (uvicorn closes keep-alive connections idle for 5 s)."""
+        try:
+            return await self._request(method, path, body, content_type)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return await self._request(method, path, body, content_type)
+
+    async def _request(
+        self, method: str, path: str, body: bytes, content_type: str
+    ) -> tuple[int, bytes]:
         reader, writer = await self.idle.get()
         try:
             head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
@@ -185,6 +195,13 @@ class KeepAliveClient:
                 for line in lines
                 if line.lower().startswith("content-length")
             )
-            return status, await reader.readexactly(length)
-        finally:
+            response = status, await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()  # the server closed it: a new one takes its place
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            raise
+        except BaseException:
             self.idle.put_nowait((reader, writer))
+            raise
+        self.idle.put_nowait((reader, writer))
+        return response

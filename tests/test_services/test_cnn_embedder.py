@@ -126,3 +126,10 @@ def test_cnn_finds_edited_copies_and_ignores_mirroring(embed: Embed) -> None:
     assert float(query @ resized) > DEFAULT_THRESHOLD
     assert float(query @ mirrored) > 0.99
     assert float(query @ unrelated) < float(query @ resized)
+
+
+def test_a_truncated_weights_file_is_refused() -> None:
+    weights = model_cache.weights_path().read_bytes()
+
+    with pytest.raises(WeightsFormatError, match="truncated"):
+        read_legacy_state_dict(weights[: len(weights) // 2])
