@@ -155,12 +155,13 @@ def extract(image: Image.Image, *, original_side: int | None = None) -> LocalFea
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     grey = np.asarray(rgb.convert("L").resize((width, height), resample))
     tiny = np.asarray(rgb.resize((TINY_SIDE, TINY_SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    keypoints, mirrored = _orb(grey)
     return LocalFeatures(
         width=width,
         height=height,
         original_side=original_side or longer,
-        keypoints=_orb(grey, MAX_KEYPOINTS),
-        mirrored=_orb(np.ascontiguousarray(grey[:, ::-1]), MAX_MIRRORED_KEYPOINTS),
+        keypoints=keypoints,
+        mirrored=mirrored,
         tiny=tiny,
     )
 
@@ -175,15 +176,43 @@ def _on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _orb(grey: NDArray[np.uint8], count: int) -> Keypoints:
-    """Up to `count` ORB keypoints, spread over the picture."""
+def _orb(grey: NDArray[np.uint8]) -> tuple[Keypoints, Keypoints]:
+    """Up to MAX_KEYPOINTS ORB keypoints spread over the picture, and the descriptors of the
+    strongest MAX_MIRRORED_KEYPOINTS of them in the mirror image. Corners are where they are
+    whichever way the picture faces, so the mirror image's keypoints are the picture's, moved
+    across (and their orientation turned over): one detection, not two."""
     if float(grey.std()) < MIN_CONTRAST:
-        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
-    orb = cv2.ORB.create(nfeatures=4 * count, fastThreshold=FAST_THRESHOLD)
-    chosen = _spread(orb.detect(grey, None), count, grey.shape[1], grey.shape[0])
+        return _NO_KEYPOINTS, _NO_KEYPOINTS
+    orb = cv2.ORB.create(nfeatures=4 * MAX_KEYPOINTS, fastThreshold=FAST_THRESHOLD)
+    chosen = _spread(orb.detect(grey, None), MAX_KEYPOINTS, grey.shape[1], grey.shape[0])
     found, descriptors = orb.compute(grey, chosen)
     if descriptors is None or not found:
-        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        return _NO_KEYPOINTS, _NO_KEYPOINTS
+    strongest = sorted(found, key=lambda k: -k.response)[:MAX_MIRRORED_KEYPOINTS]
+    width = grey.shape[1]
+    mirrored_found, mirrored_descriptors = orb.compute(
+        np.ascontiguousarray(grey[:, ::-1]),
+        [
+            cv2.KeyPoint(
+                width - 1 - k.pt[0],
+                k.pt[1],
+                k.size,
+                (180.0 - k.angle) % 360.0,
+                k.response,
+                k.octave,
+            )
+            for k in strongest
+        ],
+    )
+    return _keypoints(found, descriptors), _keypoints(mirrored_found, mirrored_descriptors)
+
+
+_NO_KEYPOINTS = Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+
+
+def _keypoints(found: Sequence[cv2.KeyPoint], descriptors: NDArray[Any] | None) -> Keypoints:
+    if descriptors is None or not found:
+        return _NO_KEYPOINTS
     points = np.array([k.pt for k in found], dtype=np.float32)
     return Keypoints(points, np.ascontiguousarray(descriptors, dtype=np.uint8))
 
