@@ -7,6 +7,7 @@ The hot path: each search is one statement in asyncpg's own SQL (`$n` parameters
 (`bench.search` measures what is left against asyncpg alone)."""
 
 import asyncio
+import struct
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ def _verified_matches(
     near_duplicate, listed before the others whatever its score; unverified ones are `similar`
     and must reach the threshold. Where either side has no local features (verification was
     off when it was stored), the label falls back to NEAR_DUPLICATE_THRESHOLD."""
-    query = LocalFeatures.from_bytes(query_features) if query_features else None
+    query = _parsed(query_features)
     labelled: list[tuple[int, SimilarMatch]] = []
     for position, row in enumerate(rows):
         image_id = row._mapping["id"]
@@ -192,10 +193,10 @@ def _verified_matches(
         if row._mapping["content_hash"] == query_hash:
             labelled.append((0, _match(row, "exact")))
             continue
-        stored = features.get(image_id)
+        stored = _parsed(features.get(image_id))
         evidence = None
         if position < options.verification_candidates and query is not None and stored:
-            evidence = verify(query, LocalFeatures.from_bytes(stored))
+            evidence = verify(query, stored)
             duplicate = evidence is not None
         else:
             duplicate = score >= options.near_duplicate_threshold
@@ -205,6 +206,17 @@ def _verified_matches(
             labelled.append((2, _match(row, "similar")))
     labelled.sort(key=lambda item: (item[0], -item[1].similarity_score, str(item[1].id)))
     return [match for _, match in labelled[: options.limit]]
+
+
+def _parsed(data: bytes | None) -> LocalFeatures | None:
+    """Stored local features, or None when there are none (or they cannot be read: the label
+    then falls back to the score rather than failing the search)."""
+    if not data:
+        return None
+    try:
+        return LocalFeatures.from_bytes(data)
+    except (ValueError, struct.error):
+        return None
 
 
 async def _local_features(

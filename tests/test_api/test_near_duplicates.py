@@ -1,14 +1,17 @@
 """Two stages through the API: the vector index proposes, local features verify. A verified
 copy is a near_duplicate with its evidence, whatever its score; a look-alike is `similar`."""
 
+import uuid
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from PIL import Image, ImageOps
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.imaging.verification import LocalFeatures
+from app.models.image import images
 from tests.support.app import MakeClient
 from tests.support.database import image_row
 from tests.support.http import upload
@@ -148,3 +151,19 @@ async def test_verification_candidates_bounds_what_is_verified(
     verified = {m["id"] for m in matches if m["evidence"] is not None}
     assert len(verified) == candidates
     assert verified <= {first, second}
+
+
+async def test_unreadable_stored_features_fall_back_to_the_score(
+    client: AsyncClient, connection: AsyncConnection
+) -> None:
+    original = scene(640, 480, seed=1)
+    query = await stored(client, original)
+    copy = await stored(client, original.resize((320, 240)))
+    await connection.execute(
+        update(images).where(images.c.id == uuid.UUID(copy)).values(local_features=b"LF1junk")
+    )
+
+    (match,) = [m for m in await similar(client, query) if m["id"] == copy]
+
+    assert match["similarity_score"] >= 0.7
+    assert (match["match"], match["evidence"]) == ("near_duplicate", None)
