@@ -55,7 +55,7 @@ MIN_COVERAGE = 0.3  # inlier bounding box / keypoint bounding box, in one of the
 MAX_SCALE = 8.0
 
 _MAGIC = b"LF1"
-# magic, width, height, the picture's longer side as decoded, keypoints, mirrored keypoints
+# magic, width, height, the stored picture's longer side, keypoints, mirrored keypoints
 _HEADER = struct.Struct("<3sHHIHH")
 _POINT_SCALE = 8.0  # coordinates stored as uint16 in 1/8 pixels
 
