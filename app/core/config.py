@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     # refused by our own check, from its header, before anything is decoded.
     MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0, le=PILImage.MAX_IMAGE_PIXELS or 2**31)
     MAX_FRAMES: int = Field(default=100, ge=1, le=100_000)
-    ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
+    # Every format the service reads: what cameras and phones (JPEG, HEIC), browsers and web
+    # tools (PNG, WebP, AVIF, GIF), scanners (TIFF) and old editors (BMP) write.
+    ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = list(BY_EXTENSION)
 
     # Embeddings and search
     EMBEDDING_MODEL: Literal["perceptual", "hash", "cnn"] = "perceptual"

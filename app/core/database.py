@@ -71,6 +71,8 @@ def create_engine(
         },
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
+    event.listen(engine.sync_engine, "invalidate", _abort_invalidated_connection)
+    event.listen(engine.sync_engine, "handle_error", _timeouts_disconnect)
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
@@ -81,6 +83,16 @@ def _discard_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -
     similarity search, `bench.search`): asyncpg notices the closed socket by itself."""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("connection closed by the server")
+
+
+def _abort_invalidated_connection(dbapi_connection: Any, record: Any, exception: Any) -> None:
+    """XXX"""
+    dbapi_connection.driver_connection.terminate()
+
+
+def _timeouts_disconnect(context: Any) -> None:
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
 
 
 def _in_autocommit(connection: AsyncConnection) -> bool:
@@ -107,7 +119,8 @@ async def transaction(connection: AsyncConnection) -> AsyncIterator[AsyncConnect
         async with connection.begin():
             yield connection
     finally:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        if not connection.invalidated:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 # asyncpg's errors for lost or refused connections, a server shutting down or starting up, and

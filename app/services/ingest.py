@@ -16,7 +16,7 @@ from app.core.database import is_database_unavailable, transaction
 from app.core.resources import UploadPolicy
 from app.core.storage import ImageStore
 from app.errors import EmptyFile, FileTooLarge, StorageFull, StorageUnavailable
-from app.imaging.analysis import CONTROL_CHARACTERS, AnalysedImage, analyse_image
+from app.imaging.analysis import AnalysedImage, analyse_image, clean_text
 from app.imaging.embeddings import Embedder
 from app.models.image import ImageRow, images
 from app.services.images import lock_content_hash
@@ -35,7 +35,9 @@ class IngestResult:
 
 
 def clean_original_filename(filename: str | None) -> str:
-    return CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
+    """The name as sent, storable, without control characters, shortened to
+    _MAX_FILENAME_LENGTH characters (it is metadata only)."""
+    return clean_text(filename, _MAX_FILENAME_LENGTH) or ""
 
 
 def safe_filename(filename: str | None, extension: str) -> str:
