@@ -7,6 +7,7 @@ inherits its parent's row (the lookup follows the class's MRO).
 """
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.schemas.errors import ErrorResponse, ValidationErrorResponse
@@ -203,6 +205,16 @@ UPLOAD_ERRORS = (
 )
 
 
+INTERNAL_ERROR_DETAIL = "Internal server error"
+
+
+def unexpected_error_response() -> JSONResponse:
+    """The answer to an error nothing else handled (app/core/observability.py sends it, logged
+    there with the request's id)."""
+    body = {"detail": INTERNAL_ERROR_DETAIL, "code": INTERNAL_ERROR.code}
+    return JSONResponse(body, status_code=INTERNAL_ERROR.status)
+
+
 def error_response(request: Request, kind: ErrorKind, detail: str, **extra: object) -> JSONResponse:
     """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers."""
     request.state.error_code = kind.code  # for the metrics of refused uploads
@@ -213,6 +225,28 @@ def error_response(request: Request, kind: ErrorKind, detail: str, **extra: obje
     )
 
 
+# FastAPI's check of a File() parameter names the Python class it got instead.
+_NOT_A_FILE = re.compile(r"Expected UploadFile, received: .*")
+_PYTHON_CLASS = re.compile(r"<class '[^']*'>")
+
+
+def _plain_message(message: str) -> str:
+    """A validation message without Python's names for types."""
+    if _NOT_A_FILE.search(message):
+        return "Expected a file (a multipart part with a filename), got a plain form field"
+    return _PYTHON_CLASS.sub("a value of another type", message)
+
+
+def _with_parser_reason(exc: StarletteHTTPException) -> str:
+    """The HTTP error's detail; for a multipart body Starlette could not parse, with the
+    parser's own reason (Starlette raises it from python-multipart's error)."""
+    detail = str(exc.detail)
+    parser_error = getattr(exc.__context__, "__cause__", None)
+    if isinstance(parser_error, FormParserError):
+        return f"{detail.rstrip('.')}: {parser_error}"
+    return detail
+
+
 def add_error_handlers(
     app: FastAPI,
     *,
@@ -220,8 +254,9 @@ def add_error_handlers(
     database_errors: tuple[type[Exception], ...],
     is_database_unavailable: Callable[[BaseException], bool],
 ) -> None:
-    """Map every exception to the table: service errors by their kind, request validation,
-    Starlette's own HTTP errors, an unreachable database (503), anything else (500)."""
+    """Map exceptions to the table: service errors by their kind, request validation,
+    Starlette's own HTTP errors, an unreachable database (503). Anything else is answered by
+    app/core/observability.py (500), which knows the request's id."""
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -231,7 +266,7 @@ def add_error_handlers(
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: they may be huge or binary.
         errors = [
-            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            {"loc": list(error["loc"]), "msg": _plain_message(error["msg"]), "type": error["type"]}
             for error in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "Invalid request"}
@@ -244,15 +279,10 @@ def add_error_handlers(
         if exc.status_code == 413:
             return error_response(request, FILE_TOO_LARGE, FileTooLarge(max_file_size).detail)
         kind = ErrorKind(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), "")
-        response = error_response(request, kind, str(exc.detail))
+        response = error_response(request, kind, _with_parser_reason(exc))
         if exc.headers:
             response.headers.update(exc.headers)
         return response
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, INTERNAL_ERROR, "Internal server error")
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if is_database_unavailable(exc):
@@ -260,7 +290,8 @@ def add_error_handlers(
             return error_response(
                 request, DATABASE_UNAVAILABLE, "The database is unavailable; retry shortly"
             )
-        return await unexpected_error(request, exc)
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, INTERNAL_ERROR, INTERNAL_ERROR_DETAIL)
 
     # Registered per class so that an unreachable database is an ordinary 503, not a crash.
     for error_class in database_errors:

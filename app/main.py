@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import info, metrics, page
 from app.api.v1 import health, images
-from app.core.body_limit import BodySizeLimitMiddleware
+from app.core.body_limit import BodySizeLimitMiddleware, allow_long_part_headers
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
 from app.core.observability import Metrics, ObservabilityMiddleware, route_templates
@@ -23,6 +23,8 @@ logger = logging.getLogger("app")
 
 # Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# A part's header line (its filename) may take half of that.
+MAX_PART_HEADER_BYTES = MULTIPART_OVERHEAD_BYTES // 2
 
 
 async def _check_collection(resources: Resources) -> None:
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES
     )
+    allow_long_part_headers(MAX_PART_HEADER_BYTES)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,

@@ -15,6 +15,8 @@ from app.imaging.formats import ALWAYS_ALLOWED, BY_EXTENSION
 
 SERVICE_NAME = "image-similarity-service"
 SERVICE_VERSION = "0.1.0"
+# Requests' statements take milliseconds (bench/search.py); two seconds is a stalled server.
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Settings(BaseSettings):
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
     IMAGE_WORKERS: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256)
+    # Longest a request's SQL statement may take, in seconds: then it is cancelled and the
+    # request answers 503. Also how long a stalled database keeps a request waiting.
+    DB_STATEMENT_TIMEOUT: float = Field(default=DEFAULT_STATEMENT_TIMEOUT_SECONDS, gt=0, le=3600)
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
