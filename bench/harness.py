@@ -143,48 +143,79 @@ def summary(values: list[float]) -> str:
     )
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class KeepAliveClient:
     """A minimal HTTP/1.1 client over a few keep-alive connections.
 
     The benchmarks measure the service, so the client must cost next to nothing: httpx alone
-    adds about a millisecond per request here, more than the service spends on a search."""
+    adds about a millisecond per request here, more than the service spends on a search.
+
+    A server closes kept-alive connections that stay idle (uvicorn after `timeout_keep_alive`,
+    5 s), as the connections do while a benchmark prepares its next 12 MP bodies. A request
+    that finds its connection closed before any answer came is sent again on a new one, as
+    browsers and HTTP libraries do: the server never read it."""
 
     def __init__(self, base_url: str, connections: int) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self.host, self.port, self.size = host, int(port), connections
         # Last in, first out: one request at a time reuses one connection, as clients do.
-        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.LifoQueue()
-        )
+        # None: a connection to open when it is next needed.
+        self.idle: asyncio.Queue[Connection | None] = asyncio.LifoQueue()
 
     async def __aenter__(self) -> "KeepAliveClient":
         for _ in range(self.size):
-            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            self.idle.put_nowait(await self._connect())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         while not self.idle.empty():
-            _, writer = self.idle.get_nowait()
-            writer.close()
+            if (connection := self.idle.get_nowait()) is not None:
+                connection[1].close()
+
+    async def _connect(self) -> Connection:
+        return await asyncio.open_connection(self.host, self.port)
 
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
-        reader, writer = await self.idle.get()
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        message = head.encode() + b"\r\n" + body
+        connection = await self.idle.get()
+        kept: Connection | None = None
         try:
-            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            if body:
-                head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            writer.write(head.encode() + b"\r\n" + body)
-            await writer.drain()
-            header = await reader.readuntil(b"\r\n\r\n")
-            lines = header.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            length = next(
-                int(line.split(":", 1)[1])
-                for line in lines
-                if line.lower().startswith("content-length")
-            )
-            return status, await reader.readexactly(length)
+            if connection is None or connection[0].at_eof():
+                connection = await self._connect()
+            try:
+                status, answer, keep_alive = await _exchange(connection, message)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise  # the server had started to answer: not safe to send again
+                connection[1].close()
+                connection = await self._connect()
+                status, answer, keep_alive = await _exchange(connection, message)
+            if keep_alive:
+                kept = connection
+            else:
+                connection[1].close()
+            return status, answer
         finally:
-            self.idle.put_nowait((reader, writer))
+            self.idle.put_nowait(kept)
+
+
+async def _exchange(connection: Connection, message: bytes) -> tuple[int, bytes, bool]:
+    """Send one request, read its answer: status, body, whether the connection stays open."""
+    reader, writer = connection
+    writer.write(message)
+    await writer.drain()
+    header = await reader.readuntil(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(lines[0].split()[1]), body, fields.get("connection", "").lower() != "close"

@@ -66,6 +66,11 @@ async def test_upload_see_the_near_duplicate_and_delete_in_a_browser(
             page = await browser.new_page(viewport={"width": 1100, "height": 1400})
             page.on("dialog", lambda dialog: dialog.accept())
             await page.goto(base_url)
+            # The file chooser offers what this instance accepts, as /info lists it.
+            await page.wait_for_function(
+                "document.getElementById('file-input').accept.includes('image/heic')"
+            )
+            accept = await page.get_attribute("#file-input", "accept")
 
             await page.set_input_files("#file-input", str(photo))
             first = page.locator("#results li").first
@@ -93,3 +98,7 @@ async def test_upload_see_the_near_duplicate_and_delete_in_a_browser(
         async with httpx.AsyncClient(base_url=base_url) as api:
             listing = (await api.get("/api/v1/images/")).json()
     assert [item["filename"] for item in listing["items"]] == ["holiday.jpg"]
+    assert accept is not None
+    assert {"image/jpeg", "image/webp", "image/avif", "image/tiff", ".heic"} <= set(
+        accept.split(",")
+    )

@@ -24,6 +24,7 @@ from app.errors import (
     EMBEDDING_OUTDATED,
     IMAGE_FILE_MISSING,
     IMAGE_NOT_FOUND,
+    INVALID_IMAGE,
     STORAGE_FULL,
     STORAGE_UNAVAILABLE,
     UPLOAD_ERRORS,
@@ -56,7 +57,12 @@ router = APIRouter()
     },
 )
 async def upload_image(
-    file: Annotated[UploadFile, File(description="A JPEG or PNG image (GIF, BMP if allowed)")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="An image: JPEG, PNG, HEIC/HEIF, WebP, AVIF, TIFF, GIF or BMP (see /info)"
+        ),
+    ],
     response: Response,
     connection: ConnectionDep,
     resources: ResourcesDep,
@@ -250,15 +256,20 @@ async def get_image_file(
 @router.get(
     "/{image_id}/thumbnail",
     response_class=FileResponse,
-    summary="A thumbnail, EXIF orientation applied (cached)",
+    summary="A thumbnail of the picture as displayed (cached)",
     responses={
         200: {
             "content": {"image/jpeg": {}, "image/webp": {}},
-            "description": "No larger than `size` on its longer side",
+            "description": "No larger than `size` on its longer side; first frame, EXIF "
+            "orientation applied, transparency on white",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(
-            IMAGE_NOT_FOUND, IMAGE_FILE_MISSING, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+            IMAGE_NOT_FOUND,
+            IMAGE_FILE_MISSING,
+            INVALID_IMAGE,
+            VALIDATION_ERROR,
+            DATABASE_UNAVAILABLE,
         ),
     },
 )
