@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageDraw, TiffImagePlugin, TiffTags
 
-import app.imaging.picture  # noqa: F401 - registers the HEIF decoder and encoder with Pillow
+from app.imaging.formats import sniff_format
+from app.imaging.picture import as_displayed, open_image
 from tests.support.images import encode, scene
 
 ORIENTATION = 0x0112
@@ -754,5 +755,15 @@ def mean_difference(picture: Image.Image, expected: Image.Image) -> float:
 
 
 def decoded(data: bytes) -> Image.Image:
+    """A thumbnail's or other plain file's pixels, as RGB."""
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+def service_picture(data: bytes) -> Image.Image:
+    """What the service sees of `data`: its picture as displayed, at full size."""
+    image_format = sniff_format(data)
+    assert image_format is not None
+    with open_image(data, image_format) as image:
+        image.load()
+        return as_displayed(image)
