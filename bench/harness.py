@@ -60,6 +60,17 @@ def listening_processes(pid: int, port: int) -> int:
     )
 
 
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """The PostgreSQL server whose data directory is `pgdata`, and all its processes."""
+    postmasters = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "postgres"
+        and str(pgdata) in " ".join(process.info["cmdline"] or [])
+    ]
+    return postmasters + [child for p in postmasters for child in p.children(recursive=True)]
+
+
 async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 30) -> None:
     """Wait until `count` processes under `pid` listen on `port`: with several workers, one
     ready worker does not mean that the others take connections yet."""

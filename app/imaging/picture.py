@@ -84,7 +84,7 @@ def open_image(data: bytes, image_format: ImageFormat) -> Image.Image:
     refuses one that inflates past `PngImagePlugin.MAX_TEXT_CHUNK`, or texts past
     `MAX_TEXT_MEMORY` in all), and so is an ICC profile Pillow would refuse."""
     if image_format.pillow_format == "PNG":
-        data = _without_unreadable_png_metadata(data)
+        data = readable_png(data)
     return Image.open(io.BytesIO(data), formats=[image_format.pillow_format])
 
 
@@ -175,7 +175,7 @@ _PNG_SIGNATURE_LENGTH = 8
 _PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 
 
-def _without_unreadable_png_metadata(data: bytes) -> bytes:
+def readable_png(data: bytes) -> bytes:
     """The PNG without its text chunks, and without an ICC profile that Pillow would refuse
     (one inflating past MAX_TEXT_CHUNK or of an unknown compression). The rest is kept byte
     for byte; a chunk structure that runs past the end is left for the decoder to report."""

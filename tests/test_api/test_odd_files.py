@@ -25,7 +25,9 @@ STATUS_OF = {"invalid_image": 422, "unsupported_image_format": 415}
 
 def contains(record: dict[str, Any], expected: dict[str, Any]) -> bool:
     return all(
-        contains(record.get(key, {}), value) if isinstance(value, dict) else record.get(key) == value
+        contains(record.get(key, {}), value)
+        if isinstance(value, dict)
+        else record.get(key) == value
         for key, value in expected.items()
     )
 

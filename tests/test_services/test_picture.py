@@ -16,12 +16,10 @@ from app.errors import ServiceError
 from app.imaging.analysis import AnalysedImage, analyse_image
 from app.imaging.embeddings import PerceptualEmbedder
 from app.imaging.formats import BY_NAME
-from app.imaging.picture import as_displayed, orientation
-from app.imaging.picture import _without_unreadable_png_metadata as without_png_metadata
+from app.imaging.picture import as_displayed, orientation, readable_png
 from tests.support.images import encode
 from tests.support.odd_files import (
     ACCEPTED,
-    BY_NAME as ODD,
     REFUSED,
     OddFile,
     mean_difference,
@@ -30,6 +28,9 @@ from tests.support.odd_files import (
     service_picture,
     upright,
     ztxt_chunk,
+)
+from tests.support.odd_files import (
+    BY_NAME as ODD,
 )
 
 EMBEDDER = PerceptualEmbedder(512)
@@ -49,7 +50,9 @@ def embedding(data: bytes) -> NDArray[np.float32]:
 def contains(record: dict[str, Any], expected: dict[str, Any]) -> bool:
     """Whether `record` holds `expected` (nested dictionaries compared the same way)."""
     return all(
-        contains(record.get(key, {}), value) if isinstance(value, dict) else record.get(key) == value
+        contains(record.get(key, {}), value)
+        if isinstance(value, dict)
+        else record.get(key) == value
         for key, value in expected.items()
     )
 
@@ -62,6 +65,7 @@ def test_an_accepted_odd_file_is_read_as_a_viewer_shows_it(odd: OddFile) -> None
     assert result.content_type == odd.content_type
     assert (result.width, result.height) == odd.size == picture.size
     assert picture.mode == "RGB"
+    assert odd.displayed is not None
     assert mean_difference(picture, odd.displayed) <= odd.tolerance
     assert contains(result.metadata, odd.metadata), result.metadata
     # Storable as it is: JSON without NaN or infinities, no NUL.
@@ -145,11 +149,11 @@ def test_png_metadata_pillow_would_refuse_is_dropped_and_the_rest_kept_byte_for_
     signature_and_header, rest = plain[:33], plain[33:]
     with_text = signature_and_header + ztxt_chunk(2 * 1024 * 1024) + rest
 
-    assert without_png_metadata(with_text) == plain
-    assert without_png_metadata(plain) is plain  # nothing to drop: no copy
+    assert readable_png(with_text) == plain
+    assert readable_png(plain) is plain  # nothing to drop: no copy
     kept_profile = png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(b"\x00" * 64))
     with_profile = signature_and_header + kept_profile + rest
-    assert without_png_metadata(with_profile) is with_profile
+    assert readable_png(with_profile) is with_profile
     # A chunk running past the end is left for the decoder to report.
     cut = with_text[: len(signature_and_header) + 20]
-    assert without_png_metadata(cut) is cut
+    assert readable_png(cut) is cut
