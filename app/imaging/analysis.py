@@ -71,25 +71,29 @@ def analyse_image(
         raise UnsupportedImageFormat(f"Unsupported image format; accepted formats: {accepted}")
 
     digest = hashlib.sha256(data).digest()
-    with decoding(sniffed, max_pixels), open_image(data, sniffed) as image:
-        stored_size = image.size
-        if stored_size[0] * stored_size[1] > max_pixels:
-            pixels = stored_size[0] * stored_size[1]
-            raise ImageTooLarge(f"Image has {pixels} pixels; the limit is {max_pixels}")
-        frames = int(getattr(image, "n_frames", 1))
-        if frames > max_frames:
-            raise ImageTooLarge(f"Image has {frames} frames; the limit is {max_frames}")
-        mode, transparent = image.mode, image.has_transparency_data
-        # Decoding validates the whole stream (a truncated file fails here). JPEG can be
-        # decoded at a reduced scale, which is much faster and still reads every byte; other
-        # decoders' reduced decodes (HEIF's embedded thumbnails) would skip the picture itself.
-        if sniffed.name == "JPEG":
-            image.draft("RGB", (embedder.decode_side, embedder.decode_side))
-        image.load()
-        picture = as_displayed(image)
-        width, height = displayed_size(stored_size, orientation(image))
-        metadata = _describe(image, mode=mode, transparent=transparent, frames=frames)
-    embedding = embedder.embed(picture, content_sha256=digest)
+    with decoding(sniffed, max_pixels):
+        image = open_image(data, sniffed)
+    with image:  # the picture may be the opened image itself: embedded before it is closed
+        with decoding(sniffed, max_pixels):
+            stored_size = image.size
+            if stored_size[0] * stored_size[1] > max_pixels:
+                pixels = stored_size[0] * stored_size[1]
+                raise ImageTooLarge(f"Image has {pixels} pixels; the limit is {max_pixels}")
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > max_frames:
+                raise ImageTooLarge(f"Image has {frames} frames; the limit is {max_frames}")
+            mode, transparent = image.mode, image.has_transparency_data
+            # Decoding validates the whole stream (a truncated file fails here). JPEG can be
+            # decoded at a reduced scale, which is much faster and still reads every byte;
+            # other decoders' reduced decodes (HEIF's embedded thumbnails) would skip the
+            # picture itself.
+            if sniffed.name == "JPEG":
+                image.draft("RGB", (embedder.decode_side, embedder.decode_side))
+            image.load()
+            picture = as_displayed(image)
+            width, height = displayed_size(stored_size, orientation(image))
+            metadata = _describe(image, mode=mode, transparent=transparent, frames=frames)
+        embedding = embedder.embed(picture, content_sha256=digest)
     metadata["embedding"] = {"model": embedder.name, "dimension": embedder.dimension}
     return AnalysedImage(
         content_hash=digest.hex(),

@@ -109,8 +109,9 @@ def displayed_size(size: tuple[int, int], image_orientation: int) -> tuple[int, 
 
 def as_displayed(image: Image.Image) -> Image.Image:
     """A loaded image as a viewer shows it: 8-bit RGB, turned upright, transparent parts on
-    BACKGROUND. The pixels are turned without rewriting the EXIF block, so an orientation
-    is applied even when the rest of the block is malformed."""
+    BACKGROUND; `image` itself when it is all that already (no copy of a large picture), so
+    use the result before closing `image`. The pixels are turned without rewriting the EXIF
+    block, so an orientation is applied even when the rest of the block is malformed."""
     picture = _rgb(image)
     transposition = _TRANSPOSE.get(orientation(image))
     return picture if transposition is None else picture.transpose(transposition)
@@ -128,7 +129,7 @@ def _rgb(image: Image.Image) -> Image.Image:
         return _lab_to_srgb().apply(image)
     if image.has_transparency_data:
         return _composited(image)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _composited(image: Image.Image) -> Image.Image:

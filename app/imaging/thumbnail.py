@@ -19,13 +19,16 @@ def render_thumbnail(data: bytes, size: int, image_format: ThumbnailFormat) -> b
     stored_format = sniff_format(data)
     if stored_format is None:
         raise InvalidImage("The stored file is not an image the service can read")
-    with decoding(stored_format), open_image(data, stored_format) as image:
-        # JPEG decodes at a reduced scale, HEIF from an embedded thumbnail when one is as
-        # large as asked; other decoders ignore this.
-        image.draft("RGB", (size, size))
-        image.load()
-        picture = as_displayed(image)
-    picture.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    picture.save(buffer, format=image_format.upper(), quality=85)
+    with decoding(stored_format):
+        image = open_image(data, stored_format)
+    with image:  # the picture may be the opened image itself
+        with decoding(stored_format):
+            # JPEG decodes at a reduced scale, HEIF from an embedded thumbnail when one is as
+            # large as asked; other decoders ignore this.
+            image.draft("RGB", (size, size))
+            image.load()
+            picture = as_displayed(image)
+        picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        picture.save(buffer, format=image_format.upper(), quality=85)
     return buffer.getvalue()

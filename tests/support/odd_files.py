@@ -766,4 +766,4 @@ def service_picture(data: bytes) -> Image.Image:
     assert image_format is not None
     with open_image(data, image_format) as image:
         image.load()
-        return as_displayed(image)
+        return as_displayed(image).copy()
