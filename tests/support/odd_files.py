@@ -5,7 +5,8 @@ Every kind the service reads is here: each EXIF orientation in each format that 
 broken and odd EXIF blocks, every pixel mode (bilevel, palette with and without transparency,
 greyscale and colour with alpha, 16-bit, 32-bit integer, floating point, CMYK, YCbCr, CIE
 L*a*b*), oversized PNG metadata, animations and multi-page files, and the phone and web formats
-(HEIC, HEIF, AVIF, WebP) and TIFF in both byte orders. `ODD_FILES` lists them all.
+(HEIC, HEIF, AVIF, WebP), TIFF in both byte orders and multi-picture JPEG. `ODD_FILES` lists
+them all.
 """
 
 import io
@@ -83,14 +84,19 @@ def exif_block(orientation: int | None = None, **text_tags: str | bytes) -> byte
     return exif.tobytes()
 
 
-def signed_resolution_exif(orientation: int) -> bytes:
-    """EXIF whose XResolution is a *signed* rational, -1/1: Pillow reads it, but cannot write
-    the block back (its writer takes XResolution as unsigned), so rewriting it to drop the
-    orientation fails."""
+def _signed_resolution_directory(orientation: int) -> TiffImagePlugin.ImageFileDirectory_v2:
     directory = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
     directory[ORIENTATION] = orientation
     directory[X_RESOLUTION] = TiffImagePlugin.IFDRational(-1, 1)
     directory.tagtype[X_RESOLUTION] = TiffTags.SIGNED_RATIONAL
+    return directory
+
+
+def signed_resolution_exif(orientation: int) -> bytes:
+    """EXIF whose XResolution is a *signed* rational, -1/1: Pillow reads it, but cannot write
+    the block back (its writer takes XResolution as unsigned), so rewriting it to drop the
+    orientation fails."""
+    directory = _signed_resolution_directory(orientation)
     return b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + directory.tobytes(8)
 
 
@@ -250,6 +256,13 @@ def _orientations() -> list[OddFile]:
         OddFile(
             "tiff_orientation_tag_6",
             encode(stored_for(picture, 6), "TIFF", tiffinfo={ORIENTATION: 6}),
+            picture,
+            "image/tiff",
+            tolerance=0.5,
+        ),
+        OddFile(
+            "tiff_orientation_6_with_signed_rational_resolution",
+            encode(stored_for(picture, 6), "TIFF", tiffinfo=_signed_resolution_directory(6)),
             picture,
             "image/tiff",
             tolerance=0.5,
@@ -624,6 +637,29 @@ def _formats() -> list[OddFile]:
             picture,
             "image/heic",
             8.0,
+            metadata={"frames": 2},
+        ),
+        # A JPEG holding several pictures (stereo cameras, phones' depth maps): the first shows.
+        OddFile(
+            "jpeg_multi_picture_mpo",
+            # Copies: Pillow's JPEG writer leaves its settings on the pictures it saves.
+            encode(picture.copy(), "MPO", quality=95, save_all=True, append_images=[other.copy()]),
+            picture,
+            "image/jpeg",
+            metadata={"frames": 2},
+        ),
+        OddFile(
+            "jpeg_progressive",
+            encode(picture, "JPEG", quality=95, progressive=True),
+            picture,
+            "image/jpeg",
+        ),
+        OddFile(
+            "png_animated_apng",
+            encode(picture, "PNG", save_all=True, append_images=[other]),
+            picture,
+            "image/png",
+            0.5,
             metadata={"frames": 2},
         ),
         OddFile("tiff_little_endian", encode(picture, "TIFF"), picture, "image/tiff", 0.5),
