@@ -83,6 +83,9 @@ def analyse_image(
             if frames > max_frames:
                 raise ImageTooLarge(f"Image has {frames} frames; the limit is {max_frames}")
             mode, transparent = image.mode, image.has_transparency_data
+            # The file's own EXIF, read before Pillow's TIFF decoder drops the orientation tag
+            # as it turns the pixels.
+            exif = _safe_exif(image)
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
             # decoded at a reduced scale, which is much faster and still reads every byte;
             # other decoders' reduced decodes (HEIF's embedded thumbnails) would skip the
@@ -93,6 +96,8 @@ def analyse_image(
             picture = as_displayed(image)
             width, height = displayed_size(stored_size, orientation(image))
             metadata = _describe(image, mode=mode, transparent=transparent, frames=frames)
+            if exif:
+                metadata["exif"] = exif
         embedding = embedder.embed(picture, content_sha256=digest)
     metadata["embedding"] = {"model": embedder.name, "dimension": embedder.dimension}
     return AnalysedImage(
@@ -118,9 +123,6 @@ def _describe(image: Image.Image, *, mode: str, transparent: bool, frames: int) 
     }
     if (dpi := _dpi(image.info.get("dpi"))) is not None:
         metadata["dpi"] = dpi
-    exif = _safe_exif(image)
-    if exif:
-        metadata["exif"] = exif
     return metadata
 
 

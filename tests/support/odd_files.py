@@ -24,6 +24,7 @@ from app.imaging.picture import as_displayed, open_image
 from tests.support.images import encode, scene
 
 ORIENTATION = 0x0112
+MAKE = 0x010F
 X_RESOLUTION = 0x011A
 # What each EXIF orientation does to the stored pixels to display them, undone: the stored
 # pixels of an upright picture with that orientation.
@@ -240,25 +241,28 @@ def _orientations() -> list[OddFile]:
         ),
         OddFile(
             "png_exif_chunk_orientation_8",
-            encode(stored_for(picture, 8), "PNG", exif=exif_block(8)),
+            encode(stored_for(picture, 8), "PNG", exif=exif_block(8, Make="Screenshots Inc")),
             picture,
             "image/png",
             tolerance=0.5,
+            metadata={"exif": {"orientation": 8, "camera_make": "Screenshots Inc"}},
         ),
         OddFile(
             "webp_exif_orientation_6",
-            encode(stored_for(picture, 6), "WEBP", quality=95, exif=exif_block(6)),
+            encode(stored_for(picture, 6), "WEBP", quality=95, exif=exif_block(6, Model="Pixel")),
             picture,
             "image/webp",
             tolerance=6.0,
+            metadata={"exif": {"orientation": 6, "camera_model": "Pixel"}},
         ),
         # Pillow's TIFF decoder turns the pixels itself while loading.
         OddFile(
             "tiff_orientation_tag_6",
-            encode(stored_for(picture, 6), "TIFF", tiffinfo={ORIENTATION: 6}),
+            encode(stored_for(picture, 6), "TIFF", tiffinfo={ORIENTATION: 6, MAKE: "Scanner Co"}),
             picture,
             "image/tiff",
             tolerance=0.5,
+            metadata={"exif": {"orientation": 6, "camera_make": "Scanner Co"}},
         ),
         OddFile(
             "tiff_orientation_6_with_signed_rational_resolution",
@@ -270,17 +274,19 @@ def _orientations() -> list[OddFile]:
         # AVIF and HEIF carry the turn as `irot`/`imir` boxes (written from the EXIF here).
         OddFile(
             "avif_rotated",
-            encode(stored_for(picture, 6), "AVIF", quality=90, exif=exif_block(6)),
+            encode(stored_for(picture, 6), "AVIF", quality=90, exif=exif_block(6, Make="Acme")),
             picture,
             "image/avif",
             tolerance=8.0,
+            metadata={"exif": {"camera_make": "Acme"}},
         ),
         OddFile(
             "heic_rotated",
-            encode(stored_for(picture, 6), "HEIF", quality=90, exif=exif_block(6)),
+            encode(stored_for(picture, 6), "HEIF", quality=90, exif=exif_block(6, Make="Apple")),
             picture,
             "image/heic",
             tolerance=8.0,
+            metadata={"exif": {"camera_make": "Apple"}},
         ),
     ]
     return files
@@ -745,6 +751,8 @@ def _big_endian_tiff(picture: Image.Image) -> bytes:
 def _refused() -> list[OddFile]:
     picture = upright()
     truncated = {
+        "jpeg": encode(picture, "JPEG", quality=90),
+        "png": encode(picture, "PNG"),
         "webp": encode(picture, "WEBP", quality=90),
         "avif": encode(picture, "AVIF", quality=90),
         "heic": encode(picture, "HEIF", quality=90),
