@@ -1,11 +1,12 @@
 """The picture as displayed: the one view of a file's pixels that validation, embeddings,
 thumbnails and search all use.
 
-A viewer shows the first frame (the primary image of a HEIF file), turned as the EXIF
-orientation says, in colour, and transparent parts over the page behind them. `as_displayed`
-gives exactly that as an 8-bit RGB image, whatever the file's mode: 16-bit and floating-point
-pixels are scaled to 8 bits rather than clipped, and transparency is composited on one fixed
-background (white), so two files that look the same give the same pixels.
+A viewer shows the first frame (the primary image of a HEIF file), turned as the file says
+(EXIF orientation; HEIF and AVIF rotation boxes), in colour, and transparent parts over the
+page behind them. `as_displayed` gives exactly that as an 8-bit RGB image, whatever the file's
+mode: 16-bit and floating-point pixels are scaled to 8 bits rather than clipped, and
+transparency is composited on one fixed background (white), so two files that look the same
+give the same pixels.
 
 Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event loop.
 """
