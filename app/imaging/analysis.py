@@ -1,4 +1,5 @@
-"""Validation, metadata extraction and embedding of uploaded bytes.
+"""Validation, metadata extraction and embedding of uploaded bytes. The embedder sees the
+picture as displayed (app/imaging/picture.py), as thumbnails do.
 
 Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event loop.
 """
