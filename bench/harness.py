@@ -170,21 +170,40 @@ class KeepAliveClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
-        reader, writer = await self.idle.get()
+        """Send one request on an idle connection. A connection the server has closed since its
+        last use (uvicorn closes idle keep-alive connections after 5 s) is replaced and the
+        request sent again once; a request that was never answered is safe to resend."""
+        connection = await self.idle.get()
         try:
-            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            if body:
-                head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            writer.write(head.encode() + b"\r\n" + body)
-            await writer.drain()
-            header = await reader.readuntil(b"\r\n\r\n")
-            lines = header.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            length = next(
-                int(line.split(":", 1)[1])
-                for line in lines
-                if line.lower().startswith("content-length")
-            )
-            return status, await reader.readexactly(length)
+            try:
+                return await self._exchange(connection, method, path, body, content_type)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                connection[1].close()
+                connection = await asyncio.open_connection(self.host, self.port)
+                return await self._exchange(connection, method, path, body, content_type)
         finally:
-            self.idle.put_nowait((reader, writer))
+            self.idle.put_nowait(connection)
+
+    async def _exchange(
+        self,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        method: str,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> tuple[int, bytes]:
+        reader, writer = connection
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        header = await reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in lines
+            if line.lower().startswith("content-length")
+        )
+        return status, await reader.readexactly(length)

@@ -18,6 +18,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import VectorIndexConfig
+from app.core.database import transaction
 from app.core.resources import SearchDefaults
 from app.core.vector_index import indexed_expression, query_expression, vector_text
 from app.errors import EmbeddingOutdated, ImageNotFound
@@ -49,13 +50,15 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
     """Search by a stored image, in one statement (one round trip).
 
     $1 query image id, $2 model, $3 candidates, $4 largest distance, $5 limit. One row per
-    match, each carrying the query image's model and hash; a single row of NULL matches when
-    nothing passes; no row at all when the query image does not exist."""
+    match, each carrying the query image's model and hash and whether the index scan found the
+    query image itself (`self_found`); a single row of NULL matches when nothing passes; no row
+    at all when the query image does not exist."""
     return f"""
         WITH query AS (
             SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = $1
         ), nearest AS MATERIALIZED ({_nearest(config, "(SELECT embedding_vector FROM query)")})
-        SELECT query.embedding_model AS query_model, query.content_hash AS query_hash, match.*
+        SELECT query.embedding_model AS query_model, query.content_hash AS query_hash,
+            EXISTS (SELECT 1 FROM nearest WHERE id = $1) AS self_found, match.*
         FROM query LEFT JOIN LATERAL (
             SELECT * FROM nearest
             WHERE id <> $1 AND distance <= $4
@@ -68,12 +71,40 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
 @cache
 def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
     """Search by a vector: $1 the vector (pgvector's text form), $2 model, $3 limit, $4 largest
-    distance."""
+    distance, $5 the content hash of the query's bytes. One row per match, each carrying the id
+    of a stored image with the same bytes (`stored_copy`, NULL if none); a single row of NULL
+    matches when nothing passes."""
     vector = f"CAST($1 AS vector({config.dimension}))"
     return f"""
-        WITH nearest AS MATERIALIZED ({_nearest(config, vector)})
-        SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
+        WITH nearest AS MATERIALIZED ({_nearest(config, vector)}), copy AS (
+            SELECT (
+                SELECT id FROM images WHERE content_hash = $5 AND embedding_model = $2
+            ) AS stored_copy
+        )
+        SELECT copy.stored_copy, match.* FROM copy LEFT JOIN LATERAL (
+            SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
+        ) AS match ON true
         """  # noqa: S608
+
+
+def _wider_scans(config: VectorIndexConfig) -> list[dict[str, str]]:
+    """The settings of the retries of a search that missed what it had to find: a wider index
+    scan (`WIDER_SCAN_FACTOR` times ef_search, at least `WIDER_EF_SEARCH_FLOOR`, or times the
+    probes), then an exact scan (no index). In
+    pgvector's graph (HNSW) a greedy scan can stop in a region far from the query: the
+    `self_hit` figure of `bench.search` measures how often, and how often each retry recovers."""
+    wider = {
+        "hnsw.ef_search": str(
+            min(1000, max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR))
+        ),
+        "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR),
+    }
+    return [wider, {"enable_indexscan": "off"}]
+
+
+# How much wider the first retry scans; ef_search is capped at pgvector's maximum, 1000.
+WIDER_SCAN_FACTOR = 4
+WIDER_EF_SEARCH_FLOOR = 400
 
 
 @dataclass(frozen=True)
@@ -140,30 +171,82 @@ def _matches(
     return found
 
 
-async def find_similar_images(
+@dataclass(frozen=True)
+class StoredImageSearch:
+    """What a search by a stored image did: its rows, whether the final scan found the query
+    image among its candidates, and how many scans it took (1 when the first one did)."""
+
+    rows: Sequence[Row[tuple[object, ...]]]
+    self_found: bool
+    scans: int
+
+
+async def _run(
+    connection: AsyncConnection,
+    statement: str,
+    parameters: tuple[object, ...],
+    settings: dict[str, str] | None = None,
+) -> Sequence[Row[tuple[object, ...]]]:
+    """Run a search statement; with `settings`, in a transaction of its own that sets them for
+    that statement only (`set_config(..., is_local => true)`)."""
+    if settings is None:
+        return (await connection.exec_driver_sql(statement, parameters)).all()
+    names, values = list(settings), list(settings.values())
+    async with transaction(connection):
+        await connection.exec_driver_sql(
+            "SELECT "
+            + ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names))),
+            tuple(item for pair in zip(names, values, strict=True) for item in pair),
+        )
+        rows = (await connection.exec_driver_sql(statement, parameters)).all()
+        # Back to the connection's own values: inside a caller's transaction (the tests'),
+        # `is_local` would otherwise last until that transaction ends.
+        await connection.exec_driver_sql(
+            "SELECT " + ", ".join(f"set_config(${i + 1}, NULL, true)" for i in range(len(names))),
+            tuple(names),
+        )
+    return rows
+
+
+async def search_stored_image(
     connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
-) -> list[SimilarMatch]:
-    """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
-    never including the query image itself. Raises ImageNotFound, EmbeddingOutdated."""
-    result = await connection.exec_driver_sql(
-        nearest_images_sql(options.index),
-        (
-            image_id,
-            options.model,
-            options.limit + 1,  # the query image is normally its own nearest neighbour
-            1.0 - options.threshold + _SCORE_TOLERANCE,
-            options.limit,
-        ),
+) -> StoredImageSearch:
+    """Search by a stored image, scanning wider when the index scan did not reach the query
+    image itself (then its neighbourhood was not reached either). Raises ImageNotFound,
+    EmbeddingOutdated."""
+    statement = nearest_images_sql(options.index)
+    parameters = (
+        image_id,
+        options.model,
+        options.limit + 1,  # the query image is normally its own nearest neighbour
+        1.0 - options.threshold + _SCORE_TOLERANCE,
+        options.limit,
     )
-    rows = result.all()
+    rows = await _run(connection, statement, parameters)
     if not rows:
         raise ImageNotFound(image_id)
     query_model = rows[0].query_model
     if query_model != options.model:
         raise EmbeddingOutdated(image_id, query_model, options.model)
+    scans = 1
+    if options.index.kind != "none":
+        for settings in _wider_scans(options.index):
+            if rows[0].self_found:
+                break
+            rows = await _run(connection, statement, parameters, settings)
+            scans += 1
+    return StoredImageSearch(rows, bool(rows[0].self_found), scans)
+
+
+async def find_similar_images(
+    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
+) -> list[SimilarMatch]:
+    """The stored images most similar to `image_id` (cosine similarity >= threshold), best first,
+    never including the query image itself. Raises ImageNotFound, EmbeddingOutdated."""
+    search = await search_stored_image(connection, image_id, options)
     return _matches(
-        rows,
-        query_hash=rows[0].query_hash,
+        search.rows,
+        query_hash=search.rows[0].query_hash,
         near_duplicate_threshold=options.near_duplicate_threshold,
     )
 
@@ -174,18 +257,25 @@ async def search_by_image(
     content_hash: str,
     options: SearchOptions,
 ) -> list[SimilarMatch]:
-    """The stored images most similar to an image that is not stored (its vector and hash)."""
-    result = await connection.exec_driver_sql(
-        nearest_to_vector_sql(options.index),
-        (
-            vector_text(vector),
-            options.model,
-            options.limit,
-            1.0 - options.threshold + _SCORE_TOLERANCE,
-        ),
+    """The stored images most similar to an image that is not stored (its vector and hash).
+
+    A stored copy of the same bytes is always among them: when the index scan missed it, the
+    search scans wider (as `search_stored_image` does)."""
+    statement = nearest_to_vector_sql(options.index)
+    parameters = (
+        vector_text(vector),
+        options.model,
+        options.limit,
+        1.0 - options.threshold + _SCORE_TOLERANCE,
+        content_hash,
     )
+    rows = await _run(connection, statement, parameters)
+    if options.index.kind != "none":
+        for settings in _wider_scans(options.index):
+            copy = rows[0].stored_copy
+            if copy is None or any(row.id == copy for row in rows):
+                break
+            rows = await _run(connection, statement, parameters, settings)
     return _matches(
-        result.all(),
-        query_hash=content_hash,
-        near_duplicate_threshold=options.near_duplicate_threshold,
+        rows, query_hash=content_hash, near_duplicate_threshold=options.near_duplicate_threshold
     )
