@@ -79,6 +79,14 @@ async def test_search_prints_the_most_similar_images_as_a_table(
     assert missing_code == 1 and "nope.jpg" in message
 
 
+async def test_help_loads_none_of_the_heavy_libraries() -> None:
+    code, imports = await run_cli(["--help"], {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in imports.splitlines() if "|" in line}
+    assert code == 0
+    assert "app.cli" in imported  # the import log is what was read
+    assert imported.isdisjoint({"numpy", "PIL", "sqlalchemy", "uvicorn", "fastapi"})
+
+
 async def test_every_command_has_help() -> None:
     for command in ("serve", "reembed", "reindex", "check", "import", "search"):
         code, text = await run_cli([command, "--help"], dict(os.environ), stream="stdout")
