@@ -2,6 +2,7 @@
 latency statistics."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,9 +72,29 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
     raise RuntimeError(f"fewer than {count} processes listen on port {port}")
 
 
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes: what
+        the benchmarks divide by the requests served, steadier than throughput on a shared
+        machine."""
+        root = psutil.Process(self.pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+
 @asynccontextmanager
-async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> AsyncIterator[str]:
-    """`python -m app serve` in its own process (as in production); yields its base URL.
+async def running_app(
+    environment: dict[str, str], checkout: Path = ROOT
+) -> AsyncIterator[RunningApp]:
+    """`python -m app serve` in its own process (as in production), once it is ready.
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""
@@ -105,7 +127,7 @@ async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> Asy
                 else:
                     raise RuntimeError("the app did not become ready")
             await wait_for_listeners(process.pid, port, int(env.get("WORKERS", "1")))
-            yield base_url
+            yield RunningApp(base_url, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -48,6 +48,7 @@ from bench.harness import (
 )
 from bench.harness import (
     KeepAliveClient,
+    RunningApp,
     fresh_database,
     latencies,
     libpq_dsn,
@@ -154,9 +155,10 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
         apps = {"http": ROOT_CHECKOUT} | ({"baseline http": baseline} if baseline else {})
         clients: dict[str, KeepAliveClient] = {}
+        servers: dict[str, RunningApp] = {}
         for name, checkout in apps.items():
-            base_url = await stack.enter_async_context(running_app(environment, checkout))
-            clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 8))
+            servers[name] = await stack.enter_async_context(running_app(environment, checkout))
+            clients[name] = await stack.enter_async_context(KeepAliveClient(servers[name].url, 8))
 
         def http_call(client: KeepAliveClient) -> "Call":
             async def call(number: int) -> object:
@@ -181,14 +183,19 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         # SQL and HTTP take turns in blocks, so that all see the same (shared, drifting)
         # machine; each statistic pools all its blocks.
         report: dict[str, list[float]] = {}
+        server_cpu_ms: dict[str, float] = dict.fromkeys(servers, 0.0)
         for concurrency in (1, 8):
             for call in calls.values():
                 await latencies(call, QUERIES, concurrency)  # warm the caches
             for _ in range(BLOCKS):
                 for name, call in calls.items():
                     key = f"{name} c={concurrency}"
+                    cpu_before = servers[name].cpu_seconds() if name in servers else 0.0
                     block = await latencies(call, QUERIES, concurrency)
                     report[key] = report.get(key, []) + block
+                    if name in servers:
+                        spent = servers[name].cpu_seconds() - cpu_before
+                        server_cpu_ms[name] += spent * 1000 / (QUERIES * BLOCKS * 2)
 
     built = "grown row by row during the load" if grown else f"built in bulk in {build_s:.1f}s"
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
@@ -215,12 +222,15 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         f"http p50 = sql {sql_p50:.2f} + HTTP round trip without a search (health/live) "
         f"{floor_p50:.2f} + the endpoint's own work {http_p50 - sql_p50 - floor_p50:.2f} ms"
     )
+    print(f"server CPU per /similar: {server_cpu_ms['http']:.3f} ms")
     if baseline is not None:
         baseline_p50 = percentile(report["baseline http c=1"], 0.5)
         print(
             f"baseline ({baseline}): http p50 {baseline_p50:.2f} ms, "
-            f"http_over_sql={baseline_p50 / sql_p50:.2f}; this build / baseline (p50): "
-            f"{http_p50 / baseline_p50:.2f}"
+            f"http_over_sql={baseline_p50 / sql_p50:.2f}, server CPU per /similar "
+            f"{server_cpu_ms['baseline http']:.3f} ms; this build / baseline: p50 "
+            f"{http_p50 / baseline_p50:.2f}, CPU "
+            f"{server_cpu_ms['http'] / server_cpu_ms['baseline http']:.2f}"
         )
     print(
         f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
