@@ -35,6 +35,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, prepare_vector_index
+from app.core.resources import SearchDefaults
 from app.core.vector_index import INDEX_NAME, search_settings
 from app.services.search import (
     SearchOptions,
@@ -103,7 +104,10 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
             ).scalar_one()
             # Recall@10 of held-out vectors against exact search, through the service's own
             # statement and vector codec (a search by an uploaded image).
-            options = SearchOptions(MODEL, 10, -1.0, settings.NEAR_DUPLICATE_THRESHOLD, index)
+            # The service's own options (its re-check threshold included), all results kept.
+            options = SearchOptions.for_request(
+                SearchDefaults.from_settings(settings), MODEL, 10, -1.0
+            )
             held_out_recalls = []
             for query in held_out:
                 matches = await search_by_image(connection, query, "", options)

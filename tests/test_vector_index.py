@@ -220,3 +220,32 @@ async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
 
     assert missed_by_first_scan >= 20
     assert found == 200
+
+
+async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "stuck_held_out", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2200, clusters=200, seed=4)
+    stored, held_out = vectors[:2000], vectors[2000:]  # queries from the stored clusters
+    await copy_vectors(dsn(url), stored, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, recheck_below=0.6)
+
+    # Every query has neighbours scoring about 0.9: an answer without any above 0.6 is a scan
+    # that never reached them (what the user would see as "nothing looks like this").
+    first_scan_empty_handed, service_empty_handed = 0, 0
+    async with engine.connect() as connection:
+        for query in held_out:
+            assert float(np.max(stored @ query)) > 0.8
+            first = await connection.exec_driver_sql(
+                search.nearest_to_vector_sql(index), (vector_text(query), MODEL, 5, 2.0, "")
+            )
+            first_scan_empty_handed += 1 - first.all()[0].distance < 0.6
+            matches = await search.search_by_image(connection, query, "", options)
+            service_empty_handed += matches[0].similarity_score < 0.6
+    await engine.dispose()
+
+    assert first_scan_empty_handed >= 10
+    assert service_empty_handed == 0

@@ -114,6 +114,9 @@ class SearchOptions:
     threshold: float  # lowest cosine similarity returned
     near_duplicate_threshold: float
     index: VectorIndexConfig
+    # A search by upload whose best candidate scores below this is double-checked with a wider
+    # scan (SIMILARITY_THRESHOLD: an answer with nothing similar in it).
+    recheck_below: float = -1.0
 
     @classmethod
     def for_request(
@@ -126,6 +129,7 @@ class SearchOptions:
             threshold=defaults.threshold if threshold is None else threshold,
             near_duplicate_threshold=defaults.near_duplicate_threshold,
             index=defaults.index,
+            recheck_below=defaults.threshold,
         )
 
 
@@ -147,23 +151,22 @@ def _matches(
 ) -> list[SimilarMatch]:
     found = []
     for row in rows:
-        match = row._mapping
-        if match["id"] is None:
+        if row.id is None:
             continue
-        score = max(-1.0, min(1.0, 1.0 - match["distance"]))
+        score = max(-1.0, min(1.0, 1.0 - row.distance))
         label: Match = (
             "exact"
-            if match["content_hash"] == query_hash
+            if row.content_hash == query_hash
             else "near_duplicate"
             if score >= near_duplicate_threshold
             else "similar"
         )
         found.append(
             SimilarMatch(
-                id=match["id"],
-                filename=match["filename"],
-                content_type=match["content_type"],
-                upload_timestamp=match["upload_timestamp"],
+                id=row.id,
+                filename=row.filename,
+                content_type=row.content_type,
+                upload_timestamp=row.upload_timestamp,
                 similarity_score=score,
                 match=label,
             )
@@ -259,8 +262,10 @@ async def search_by_image(
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector and hash).
 
-    A stored copy of the same bytes is always among them: when the index scan missed it, the
-    search scans wider (as `search_stored_image` does)."""
+    A stored copy of the same bytes is always found: when the index scan missed it, the search
+    scans wider, then exactly (as `search_stored_image` does). An answer with nothing scoring
+    `recheck_below` or more gets one wider scan: a scan stuck far from the query's
+    neighbourhood looks like that (and so does a query with no neighbours, which pays it)."""
     statement = nearest_to_vector_sql(options.index)
     parameters = (
         vector_text(vector),
@@ -271,9 +276,13 @@ async def search_by_image(
     )
     rows = await _run(connection, statement, parameters)
     if options.index.kind != "none":
-        for settings in _wider_scans(options.index):
+        for step, settings in enumerate(_wider_scans(options.index)):
             copy = rows[0].stored_copy
-            if copy is None or any(row.id == copy for row in rows):
+            copy_missed = copy is not None and all(row.id != copy for row in rows)
+            best = rows[0].distance
+            nothing_similar = best is None or 1.0 - best < options.recheck_below
+            # Only a missed copy is worth an exact scan; a thin answer gets the wider one.
+            if not (copy_missed or (nothing_similar and step == 0)):
                 break
             rows = await _run(connection, statement, parameters, settings)
     return _matches(
