@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """The service. `database`: an open database to use instead of opening the configured one
     (the caller keeps it open and closes it)."""
     settings = settings or get_settings()
-    app_metrics = Metrics()
+    app_metrics = Metrics(created_series=settings.METRICS_CREATED_SERIES)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
