@@ -105,8 +105,9 @@ async def test_ctrl_c_stops_an_import_with_what_it_did_so_far(
         f"import: {counted} stored, 0 already stored, 0 rejected, 0 skipped (not images)"
     )
     assert stderr.splitlines() == [f"import: stopped by Ctrl-C after {counted} of 300 images"]
-    # An upload in flight at the stop may have been stored without being counted.
-    assert 3 <= counted <= total <= counted + 1 < 300
+    # The one upload in flight at the stop (--concurrency 1) may have been stored without
+    # being counted; 3 were stored before the stop.
+    assert 2 <= counted <= total <= counted + 1 < 300
 
 
 async def test_ctrl_c_stops_reembed_with_the_committed_batches(
@@ -141,8 +142,10 @@ async def test_ctrl_c_stops_reembed_with_the_committed_batches(
     assert stop == "reembed: stopped by Ctrl-C; what was done is kept, run it again to continue"
     reported = int(summary.split()[1])
     assert summary == f"reembed: {reported} updated, 0 failed, model=perceptual"
-    # Committed batches only; a commit under way at the stop may have gone through.
-    assert 5 <= reported <= stored <= reported + 5 < 300
+    # Committed batches only; the batch whose commit was under way at the stop may have gone
+    # through without being counted. At least one batch was committed before the stop.
+    assert 5 <= stored < 300
+    assert stored - 5 <= reported <= stored
 
 
 CLONE_ROWS = """
