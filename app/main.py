@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from app.api import info, metrics, page
 from app.api.v1 import health, images
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """The service. `database`: an open database to use instead of opening the configured one
     (the caller keeps it open and closes it)."""
     settings = settings or get_settings()
-    app_metrics = Metrics()
+    app_metrics = Metrics(created_series=settings.METRICS_CREATED_SERIES)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
@@ -73,13 +74,19 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             )
             yield {"resources": resources}
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts and styles served by the app itself,
+    # not a CDN: they work on a machine without internet.
+    app = FastAPIOffline(
         title="Image Similarity Service",
         version=SERVICE_VERSION,
         description="Upload images, read their metadata, and find stored images that look alike.",
         openapi_url="/api/v1/openapi.json",
         docs_url="/docs",
         redoc_url="/redoc",
+        static_url="/docs/assets",
+        favicon_url=page.FAVICON_URL,
+        # No "valid" badge fetched from the public Swagger validator.
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
     )
     app.add_middleware(

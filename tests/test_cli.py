@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import psutil
 
 from bench.harness import free_port, wait_for_listeners
 from tests.support.app import DatabaseFactory, settings_on_new_database
-from tests.support.cli import ROOT, run_cli
+from tests.support.cli import ROOT, run_cli, run_with_a_terminal_as_stderr
 from tests.support.images import encode, scene
 from tests.support.live_server import live_server, wait_until_ready
 
@@ -38,16 +39,68 @@ async def test_import_uploads_a_folder_reports_rejects_and_is_safe_to_rerun(
         again_code, again = await run_cli(
             ["import", str(photos), "--url", base_url, "--recursive"], environment, stream="stdout"
         )
-        _, progress = await run_cli(
+        _, redirected = await run_cli(
             ["import", str(photos / "nested"), "--url", base_url], environment
         )
 
     assert first_code == 1  # broken.jpg was refused
-    assert "import: 2 stored, 0 already stored, 1 rejected, 1 skipped (not images)" in first
-    assert "broken.jpg: The file is not a valid JPEG image (corrupt or truncated)" in first
+    assert first.splitlines() == [
+        "import: 2 stored, 0 already stored, 1 rejected, 1 skipped (not images)",
+        f"rejected: {photos / 'broken.jpg'}: "
+        "The file is not a valid JPEG image (corrupt or truncated)",
+        f"skipped: {photos / 'notes.txt'}",
+    ]
     assert again_code == 1
     assert "import: 1 stored, 2 already stored, 1 rejected, 1 skipped" in again
-    assert "1/1" in progress and "ETA" in progress  # the progress bar on stderr
+    assert redirected == ""  # no progress bar redraws in a redirected stderr
+
+
+async def test_import_draws_a_progress_bar_on_a_terminal(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "cli_progress")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(3):
+        (photos / f"{seed}.jpg").write_bytes(encode(scene(seed=seed), "JPEG"))
+
+    with live_server(settings) as base_url:
+        code, terminal = await run_with_a_terminal_as_stderr(
+            [sys.executable, "-m", "app", "import", str(photos), "--url", base_url]
+        )
+
+    assert code == 0
+    bar = terminal.rstrip().split("\r")[-1]  # the last redraw
+    assert bar.startswith("import: 100%") and "3/3" in bar and "0 failed" in bar
+    assert "image/s" in terminal  # the rate
+
+
+async def test_import_and_search_with_the_service_down_stop_at_once_and_say_why(
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(5):
+        (photos / f"{seed}.jpg").write_bytes(encode(scene(seed=seed), "JPEG"))
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    environment = dict(os.environ)
+    expected = (
+        f"error: no service answers at {url}; start it with `make run` "
+        "(or `python -m app serve`), or give its address with --url"
+    )
+
+    import_code, import_message = await run_cli(["import", str(photos), "--url", url], environment)
+    _, import_output = await run_cli(
+        ["import", str(photos), "--url", url], environment, stream="stdout"
+    )
+    search_code, search_message = await run_cli(
+        ["search", str(photos / "0.jpg"), "--url", url], environment
+    )
+
+    assert import_code == search_code == 1
+    assert import_message.splitlines() == [expected]  # one message, not a rejection per file
+    assert import_output == ""
+    assert search_message.splitlines() == [expected]
 
 
 async def test_search_prints_the_most_similar_images_as_a_table(
@@ -67,6 +120,16 @@ async def test_search_prints_the_most_similar_images_as_a_table(
         code, table = await run_cli(
             ["search", str(query), "--url", base_url, "--limit", "3"], environment, stream="stdout"
         )
+        _, strict = await run_cli(
+            ["search", str(query), "--url", base_url, "--threshold", "0.9999"],
+            environment,
+            stream="stdout",
+        )
+        _, lenient = await run_cli(
+            ["search", str(query), "--url", base_url, "--threshold", "-1"],
+            environment,
+            stream="stdout",
+        )
         missing_code, message = await run_cli(
             ["search", str(tmp_path / "nope.jpg"), "--url", base_url], environment
         )
@@ -76,6 +139,10 @@ async def test_search_prints_the_most_similar_images_as_a_table(
     assert lines[0].split() == ["score", "match", "id", "filename"]
     assert "near_duplicate" in lines[1] and lines[1].endswith("holiday.jpg")
     assert lines[-1] == "1 similar image(s)"
+    score = float(lines[1].split()[0])
+    assert 0.9 < score < 0.9999
+    assert strict.splitlines()[-1] == "0 similar image(s)"
+    assert lenient.splitlines()[1:] == lines[1:]
     assert missing_code == 1 and "nope.jpg" in message
 
 
@@ -170,3 +237,38 @@ async def test_several_workers_need_a_database_of_their_own(tmp_path: Path) -> N
 
     assert code == 1
     assert "WORKERS > 1 needs a PostgreSQL of its own (set DATABASE_URL)" in message
+
+
+async def test_serve_on_a_busy_port_names_it_and_how_to_choose_another_before_starting(
+    tmp_path: Path,
+) -> None:
+    environment = {**os.environ, "HOST": "127.0.0.1", "DATA_DIR": str(tmp_path / "data")}
+    environment.pop("DATABASE_URL", None)
+    with socket.socket() as busy:  # a first `make run`
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, message = await run_cli(["serve"], {**environment, "PORT": str(port)})
+
+    assert code == 1
+    assert message.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the port is in use (another server, or a "
+        f"`make run` already running?). Choose another port with PORT, e.g. "
+        f"`PORT={port + 1} make run`"
+    ]
+    assert not (tmp_path / "data" / "postgres").exists()  # the database was never started
+
+
+async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_server(
+    tmp_path: Path,
+) -> None:
+    environment = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+    environment.pop("DATABASE_URL", None)
+
+    code, output = await run_cli(["reindex"], environment)
+
+    assert code == 0
+    building, built, summary = output.splitlines()
+    assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
+    assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"
+    assert summary.startswith("reindex: built hnsw storage=vector m=16 ef_construction=64 in ")

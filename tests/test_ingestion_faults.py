@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from app.core.config import Settings
 from app.core.database import create_engine
 from app.core.embedded_postgres import EmbeddedPostgres
 from app.core.resources import create_store
-from app.services.consistency import check_storage
+from app.services.consistency import MissingFile, check_storage
 from bench.harness import free_port
 from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
 from tests.support.database import row_count
@@ -29,7 +28,7 @@ from tests.support.live_server import live_server, wait_until_ready
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], list[uuid.UUID]]:
+async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], list[MissingFile]]:
     """(rows, files without rows, rows without files)."""
     engine = create_engine(url)
     try:

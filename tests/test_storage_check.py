@@ -52,14 +52,27 @@ async def test_check_reports_and_repairs_orphans_and_missing_files(
     assert code == 1
     assert "file without a row: ab/cd/" in report
     assert "staging leftover: upload.part" in report
-    assert f"row without a file: {lost['id']}" in report
+    assert f"row without a file: {lost['id']} (b.jpg)" in report
+    summary = report.splitlines()[-1]
+    assert summary == (
+        "check: 1 staging leftover, 1 file without a row, 1 row without a file "
+        "(`check --repair` removes the leftovers and the files without a row)"
+    )
 
     code, report = await run_cli(["check", "--repair"], environment, stream="stdout")
     assert code == 1  # the row without its file is reported, never deleted
-    assert "2 files removed" in report
+    assert report.splitlines()[-1] == (
+        "check: removed 1 staging leftover and 1 file without a row; 1 row without a file"
+    )
     assert not orphan.exists() and not leftover.exists()
     assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == len(files) - 1
     assert kept["id"] not in report
+
+    code, report = await run_cli(["check"], environment, stream="stdout")
+    assert code == 1
+    assert report.splitlines()[-1] == (
+        "check: no staging leftovers, no files without a row, 1 row without a file"
+    )
 
 
 async def test_startup_sweep_removes_old_leftovers_but_not_fresh_files(

@@ -6,8 +6,10 @@ commands start without loading numpy, Pillow, SQLAlchemy or uvicorn.
 
 import argparse
 import importlib
+import sys
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("file")
     search.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     search.add_argument("--limit", type=int, default=10, help="most results (1..100)")
+    search.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="lowest cosine similarity (-1..1; default: the service's SIMILARITY_THRESHOLD)",
+    )
     search.set_defaults(handler="remote:search")
     return parser
 
@@ -60,5 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     arguments = build_parser().parse_args(argv)
     # `handler` names `module:function` under app.cli, imported only now.
     module_name, function_name = arguments.handler.split(":")
-    module = importlib.import_module(f"app.cli.{module_name}")
-    getattr(module, function_name)(arguments)
+    try:
+        module = importlib.import_module(f"app.cli.{module_name}")
+        getattr(module, function_name)(arguments)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a person stops a command: one line, no traceback. (`serve` ends here
+        # after its graceful shutdown; the batch commands print their partial summary first.)
+        print(f"{arguments.command}: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(INTERRUPTED)

@@ -11,6 +11,19 @@ import httpx
 from app.imaging.formats import sniff_format
 
 RETRIES = 3
+# Connection failures, as opposed to the service answering: nothing listens at the URL.
+_NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class ServiceUnreachable(Exception):
+    """No connection to the service at `url` could be made: it is not running, or elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"no service answers at {url}; start it with `make run` "
+            "(or `python -m app serve`), or give its address with --url"
+        )
+        self.url = url
 
 
 @dataclass
@@ -19,6 +32,7 @@ class ImportReport:
     created: int = 0
     already_stored: int = 0
     rejected: list[tuple[Path, str]] = field(default_factory=list)
+    unreachable: ServiceUnreachable | None = None
 
     @property
     def processed(self) -> int:
@@ -51,23 +65,28 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str,
 
 async def import_images(
     paths: list[Path],
+    report: ImportReport,
     *,
     url: str,
     concurrency: int,
     on_progress: Callable[[ImportReport], None] | None = None,
-) -> ImportReport:
-    """Upload `paths`, `concurrency` at a time. Bytes already stored are recognised by the
-    service (200), so running an import again stores nothing twice."""
-    report = ImportReport(total=len(paths))
+) -> None:
+    """Upload `paths`, `concurrency` at a time, counting outcomes in `report` as they come
+    (so an interrupted run still has them). Bytes already stored are recognised by the
+    service (200), so running an import again stores nothing twice. When no connection can be
+    made, the import stops and `report.unreachable` says so."""
     queue: asyncio.Queue[Path] = asyncio.Queue()
     for path in paths:
         queue.put_nowait(path)
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
+        while not queue.empty() and report.unreachable is None:
             path = queue.get_nowait()
             try:
                 status, body = await _upload(client, path)
+            except _NO_CONNECTION:
+                report.unreachable = ServiceUnreachable(url)
+                return
             except (httpx.HTTPError, ValueError) as exc:
                 report.rejected.append((path, f"could not upload: {exc}"))
             else:
@@ -82,17 +101,22 @@ async def import_images(
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
-    return report
 
 
-async def search_with_file(path: Path, *, url: str, limit: int) -> dict[str, Any]:
+async def search_with_file(
+    path: Path, *, url: str, limit: int, threshold: float | None
+) -> dict[str, Any]:
+    """The service's answer to POST /api/v1/images/search with the file at `path`. Raises
+    ServiceUnreachable, or ValueError with the service's `detail` when it refuses."""
     data = await asyncio.to_thread(path.read_bytes)
+    form = {"limit": str(limit)} | ({} if threshold is None else {"threshold": str(threshold)})
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        response = await client.post(
-            "/api/v1/images/search",
-            files={"file": (path.name, data)},
-            data={"limit": str(limit)},
-        )
+        try:
+            response = await client.post(
+                "/api/v1/images/search", files={"file": (path.name, data)}, data=form
+            )
+        except _NO_CONNECTION as exc:
+            raise ServiceUnreachable(url) from exc
     body: dict[str, Any] = response.json()
     if response.status_code != 200:
         raise ValueError(body.get("detail", f"HTTP {response.status_code}"))

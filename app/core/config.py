@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["text", "json"] = "text"
     # When set, /api/v1/health/detailed and /metrics require `Authorization: Bearer <token>`.
     ADMIN_TOKEN: SecretStr | None = None
+    # true: /metrics also has a `*_created` series (start time) for every counter and histogram.
+    METRICS_CREATED_SERIES: bool = False
     CORS_ORIGINS: Annotated[list[str], NoDecode] = [
         "http://localhost:3000",
         "http://localhost:8080",

@@ -14,7 +14,14 @@ from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+)
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,9 +35,17 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class Metrics:
-    """The service's metrics, in a registry of its own (one per app)."""
+    """The service's metrics, in a registry of its own (one per app).
 
-    def __init__(self) -> None:
+    `created_series`: whether counters and histograms also export `*_created` (when each
+    series started), one more series apiece that few dashboards read. prometheus_client keeps
+    this switch per process, not per registry; the service has one app per process."""
+
+    def __init__(self, *, created_series: bool = False) -> None:
+        if created_series:
+            enable_created_metrics()  # type: ignore[no-untyped-call]
+        else:
+            disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "HTTP requests", ["method", "route", "status"],

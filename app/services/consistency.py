@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,11 +20,18 @@ from app.models.image import images
 DEFAULT_MIN_AGE_SECONDS = 60.0
 
 
+class MissingFile(NamedTuple):
+    """A row whose file is gone: its id and the filename it was uploaded as."""
+
+    id: uuid.UUID
+    filename: str
+
+
 @dataclass
 class StorageReport:
     staging_leftovers: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
-    missing_files: list[uuid.UUID] = field(default_factory=list)
+    missing_files: list[MissingFile] = field(default_factory=list)
     removed: int = 0
 
     @property
@@ -38,11 +46,12 @@ async def check_storage(
     repair: bool,
     min_age_seconds: float = DEFAULT_MIN_AGE_SECONDS,
 ) -> StorageReport:
-    rows = (await connection.execute(select(images.c.id, images.c.file_path))).tuples().all()
+    query = select(images.c.id, images.c.file_path, images.c.filename).order_by(images.c.id)
+    rows = (await connection.execute(query)).tuples().all()
     files = await run_in_threadpool(store.stored_files)
     staging = await run_in_threadpool(store.staging_files)
     cutoff = time.time() - min_age_seconds
-    known = {path for _, path in rows if path is not None}
+    known = {path for _, path, _ in rows if path is not None}
 
     report = StorageReport(
         staging_leftovers=sorted(
@@ -51,7 +60,11 @@ async def check_storage(
         orphan_files=sorted(
             path for path, mtime in files.items() if path not in known and mtime < cutoff
         ),
-        missing_files=[image_id for image_id, path in rows if path is None or path not in files],
+        missing_files=[
+            MissingFile(image_id, filename)
+            for image_id, path, filename in rows
+            if path is None or path not in files
+        ],
     )
     if repair:
         doomed = [store.staging_dir / name for name in report.staging_leftovers] + [

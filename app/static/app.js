@@ -60,32 +60,63 @@ function showMatches(list, matches) {
 }
 
 function searchParams() {
-  return { threshold: $("threshold").value, limit: $("limit").value };
+  const limit = $("limit");
+  if (limit.value === "" || !limit.checkValidity()) {
+    throw new Error(`"Results" must be a whole number from ${limit.min} to ${limit.max}.`);
+  }
+  return { threshold: $("threshold").value, limit: limit.value };
 }
+
+// What the results show, searched again when the slider or "Results" change: the picked file,
+// and its id once it is stored.
+let lastQuery = null;
+let searchRun = 0;
 
 async function handleFile(file) {
   if (!file) return;
-  const { threshold, limit } = searchParams();
-  const form = new FormData();
-  form.append("file", file);
+  lastQuery = { file, storedId: null };
+  if (!$("search-only").checked) {
+    setStatus(`Uploading ${file.name}…`);
+    const form = new FormData();
+    form.append("file", file);
+    try {
+      lastQuery.storedId = (await api(`${API}/upload`, { method: "POST", body: form })).id;
+    } catch (error) {
+      lastQuery = null;
+      $("results").replaceChildren();
+      setStatus(`${file.name}: ${error.message}`, true);
+      return;
+    }
+    loadGallery(); // it is stored, whatever the search below answers
+  }
+  await search();
+}
+
+async function search() {
+  if (!lastQuery) return;
+  const { file, storedId } = lastQuery;
+  const run = ++searchRun; // an answer to an older search must not overwrite a newer one
   try {
+    const { threshold, limit } = searchParams();
     let answer;
-    if ($("search-only").checked) {
+    if (storedId) {
+      answer = await api(`${API}/${storedId}/similar?threshold=${threshold}&limit=${limit}`);
+    } else {
       setStatus(`Searching with ${file.name}…`);
+      const form = new FormData();
+      form.append("file", file);
       form.append("threshold", threshold);
       form.append("limit", limit);
       answer = await api(`${API}/search`, { method: "POST", body: form });
-    } else {
-      setStatus(`Uploading ${file.name}…`);
-      const stored = await api(`${API}/upload`, { method: "POST", body: form });
-      answer = await api(`${API}/${stored.id}/similar?threshold=${threshold}&limit=${limit}`);
-      loadGallery();
     }
+    if (run !== searchRun) return;
     showMatches($("results"), answer.similar_images);
     setStatus(`${answer.total_results} similar picture(s) for ${file.name}.`);
   } catch (error) {
+    if (run !== searchRun) return;
     $("results").replaceChildren();
-    setStatus(`${file.name}: ${error.message}`, true);
+    const what = storedId ? `${file.name} is stored, but the search failed` : file.name;
+    setStatus(`${what}: ${error.message}`, true);
   }
 }
 
@@ -123,9 +154,15 @@ async function deleteShown() {
   if (!shownImageId || !window.confirm("Delete this picture? This cannot be undone.")) return;
   try {
     await api(`${API}/${shownImageId}`, { method: "DELETE" });
-    setStatus("Picture deleted.");
     $("details").hidden = true;
+    if (lastQuery && lastQuery.storedId === shownImageId) {
+      lastQuery = null;
+      $("results").replaceChildren();
+    } else {
+      search(); // the deleted picture may be among the results
+    }
     shownImageId = null;
+    setStatus("Picture deleted.");
     loadGallery();
   } catch (error) {
     setStatus(error.message, true);
@@ -147,7 +184,11 @@ async function loadGallery() {
 
 function setUp() {
   const zone = $("drop-zone");
-  $("file-input").addEventListener("change", (event) => handleFile(event.target.files[0]));
+  $("file-input").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // so that picking the same file again is a change too
+    handleFile(file);
+  });
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
   zone.addEventListener("drop", (event) => {
@@ -158,6 +199,11 @@ function setUp() {
   $("threshold").addEventListener("input", () => {
     $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
   });
+  // "change": once the slider is let go (or moved a step by the keyboard), once a number is in.
+  $("threshold").addEventListener("change", search);
+  $("limit").addEventListener("change", search);
+  // Enter in "Results" submits the form: search instead of reloading the page.
+  $("find-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
   $("delete-button").addEventListener("click", deleteShown);
   $("previous-page").addEventListener("click", () => { galleryPage -= 1; loadGallery(); });
   $("next-page").addEventListener("click", () => { galleryPage += 1; loadGallery(); });

@@ -87,12 +87,14 @@ async def upload_image(
     )
 
 
+# Registered with and without the trailing slash: both answer directly, no redirect.
 @router.get(
     "/",
     response_model=ImageList,
     summary="List images, newest first",
     responses=error_responses(VALIDATION_ERROR, DATABASE_UNAVAILABLE),
 )
+@router.get("", response_model=ImageList, include_in_schema=False)
 async def list_images(
     connection: ConnectionDep,
     skip: Skip = 0,
