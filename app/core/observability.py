@@ -59,6 +59,18 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.images = Gauge("images_stored", "Images stored", registry=self.registry)
+        self.shed = Counter(
+            "requests_shed_total",
+            "Requests refused before their body was read, by reason: server_busy (the upload "
+            "queue was full) or rate_limited (the key's rate)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.uploads_in_progress = Gauge(
+            "uploads_in_progress",
+            "Uploads and searches by upload admitted and not yet answered (this process)",
+            registry=self.registry,
+        )
 
 
 def route_templates(app: FastAPI) -> list[str]:
