@@ -10,7 +10,14 @@ import httpx
 
 from app.imaging.formats import sniff_format
 
-RETRIES = 3
+RETRIES = 5
+# Answers that say "come back after Retry-After": a full upload queue or an unreachable
+# database (503), a key's rate used up (429).
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @dataclass
@@ -43,7 +50,7 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str,
     data = await asyncio.to_thread(path.read_bytes)
     for attempt in range(RETRIES):
         response = await client.post("/api/v1/images/upload", files={"file": (path.name, data)})
-        if response.status_code != 503 or attempt == RETRIES - 1:
+        if response.status_code not in RETRY_STATUSES or attempt == RETRIES - 1:
             return response.status_code, response.json()
         await asyncio.sleep(float(response.headers.get("retry-after", "1")))
     raise AssertionError("unreachable")
@@ -54,6 +61,7 @@ async def import_images(
     *,
     url: str,
     concurrency: int,
+    api_key: str | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
     """Upload `paths`, `concurrency` at a time. Bytes already stored are recognised by the
@@ -80,14 +88,20 @@ async def import_images(
             if on_progress is not None:
                 on_progress(report)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
         await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
     return report
 
 
-async def search_with_file(path: Path, *, url: str, limit: int) -> dict[str, Any]:
+async def search_with_file(
+    path: Path, *, url: str, limit: int, api_key: str | None = None
+) -> dict[str, Any]:
     data = await asyncio.to_thread(path.read_bytes)
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
         response = await client.post(
             "/api/v1/images/search",
             files={"file": (path.name, data)},

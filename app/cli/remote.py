@@ -22,6 +22,7 @@ def import_directory(arguments: argparse.Namespace) -> None:
             images,
             url=arguments.url,
             concurrency=arguments.concurrency,
+            api_key=arguments.api_key,
             on_progress=lambda r: bar.show(r.processed, r.total, len(r.rejected)),
         )
     )
@@ -39,7 +40,12 @@ def import_directory(arguments: argparse.Namespace) -> None:
 def search(arguments: argparse.Namespace) -> None:
     try:
         body = asyncio.run(
-            search_with_file(Path(arguments.file), url=arguments.url, limit=arguments.limit)
+            search_with_file(
+                Path(arguments.file),
+                url=arguments.url,
+                limit=arguments.limit,
+                api_key=arguments.api_key,
+            )
         )
     except (OSError, ValueError, httpx.HTTPError) as exc:
         sys.exit(f"error: {exc}")
