@@ -12,6 +12,7 @@ from httpx import AsyncClient
 
 from tests.support.app import DatabaseFactory, settings_on_new_database
 from tests.support.images import encode, scene
+from tests.support.keys import add_key
 from tests.support.live_server import live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,3 +94,43 @@ async def test_upload_see_the_near_duplicate_and_delete_in_a_browser(
         async with httpx.AsyncClient(base_url=base_url) as api:
             listing = (await api.get("/api/v1/images/")).json()
     assert [item["filename"] for item in listing["items"]] == ["holiday.jpg"]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)"
+)
+async def test_the_page_asks_for_a_key_and_works_with_one(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    from playwright.async_api import async_playwright
+
+    settings, url = await settings_on_new_database(
+        create_database, tmp_path, "browser_keys", AUTH_REQUIRED=True
+    )
+    photo = tmp_path / "holiday.jpg"
+    photo.write_bytes(encode(scene(640, 480, seed=2), "JPEG", quality=90))
+
+    with live_server(settings) as base_url:
+        key = await add_key(url, "page", "write")
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_FLAGS
+            )
+            page = await browser.new_page()
+            await page.goto(base_url)
+            await page.wait_for_selector("#status.error")
+            refused = await page.inner_text("#status")
+
+            await page.fill("#api-key", key)
+            await page.click("#key-form button")
+            await page.set_input_files("#file-input", str(photo))
+            await page.wait_for_function("document.querySelectorAll('#gallery li').length == 1")
+            # The thumbnail was fetched with the key (an <img> alone cannot send it).
+            await page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+            thumbnail_source = await page.get_attribute("#gallery img", "src")
+            status = await page.inner_text("#status")
+            await browser.close()
+
+    assert "This request needs an API key" in refused and "see API key above" in refused
+    assert thumbnail_source is not None and thumbnail_source.startswith("blob:")
+    assert status == "0 similar picture(s) for holiday.jpg."
