@@ -143,9 +143,12 @@ class KeyCache:
 
 
 def _credentials(headers: Headers) -> str | None:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    """The key a request presents. An Authorization header wins when there is one, and must be
+    `Bearer <key>`: credentials that are sent are checked, never passed over for others."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else authorization
     return headers.get(API_KEY_HEADER.lower()) or None
 
 

@@ -135,10 +135,15 @@ async def test_the_key_goes_in_a_bearer_header_or_x_api_key(service: Service) ->
     bearer = await service.client.get("/api/v1/images/", headers={"Authorization": f"Bearer {key}"})
     header = await service.client.get("/api/v1/images/", headers={"X-API-Key": key})
     basic = await service.client.get("/api/v1/images/", headers={"Authorization": f"Basic {key}"})
+    both = await service.client.get(
+        "/api/v1/images/", headers={"Authorization": "Bearer nope", "X-API-Key": key}
+    )
 
     assert bearer.status_code == header.status_code == 200
     assert bearer.json()["total"] >= 1
-    assert_error(basic, 401, "not_authorized")
+    # Credentials that are sent are checked: a good X-API-Key does not excuse a bad header.
+    assert_error(basic, 401, "invalid_api_key")
+    assert_error(both, 401, "invalid_api_key")
 
 
 @pytest.mark.parametrize(
