@@ -5,11 +5,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
 from app.core.database import create_engine
 from tests.support.app import DatabaseFactory, app_client, settings_on_new_database
 from tests.support.database import row_count
 from tests.support.http import assert_error
 from tests.support.images import jpeg_bytes
+from tests.support.live_server import live_server
 
 BOUNDARY = "shedboundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -98,3 +101,50 @@ async def test_a_full_queue_refuses_uploads_before_reading_their_body(
     assert 'requests_shed_total{reason="server_busy"} 2.0' in metrics
     assert 'image_uploads_total{outcome="server_busy"} 1.0' in metrics
     assert "uploads_in_progress 0.0" in metrics
+
+
+async def test_over_real_http_a_refused_upload_leaves_its_connection_usable(
+    create_database: DatabaseFactory, tmp_path: Path
+) -> None:
+    settings, _ = await settings_on_new_database(
+        create_database, tmp_path, "shedding_http", IMAGE_WORKERS=1, UPLOAD_QUEUE_LIMIT=0
+    )
+    first, rest = multipart(jpeg_bytes(seed=1), "held.jpg")
+    body = b"".join(multipart(jpeg_bytes(640, 480, seed=2), "refused.jpg"))
+    head = (
+        "POST /api/v1/images/upload HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: {MULTIPART}\r\nContent-Length: {{}}\r\n\r\n"
+    )
+    with live_server(settings) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        # One upload holds the only place: its body is half sent.
+        held_reader, held_writer = await asyncio.open_connection(host, int(port))
+        held_writer.write(head.format(len(first) + len(rest)).encode() + first)
+        await held_writer.drain()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            for _ in range(100):  # until the held upload has its place
+                if (await client.get("/metrics")).text.count("uploads_in_progress 1.0"):
+                    break
+                await asyncio.sleep(0.05)
+        # A client that sends its whole body at once, then reads the answer.
+        writer.write(head.format(len(body)).encode() + body)
+        await writer.drain()
+        refused = await reader.readuntil(b"\r\n\r\n")
+        length = int(refused.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        refused_body = await reader.readexactly(length)
+        # The same connection carries the next request.
+        writer.write(b"GET /api/v1/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        next_answer = await reader.readuntil(b"\r\n\r\n")
+        held_writer.write(rest)
+        await held_writer.drain()
+        held = await held_reader.readuntil(b"\r\n\r\n")
+        for stream in (writer, held_writer):
+            stream.close()
+
+    assert refused.startswith(b"HTTP/1.1 503")
+    assert b"retry-after: 1\r\n" in refused.lower()
+    assert b'"code":"server_busy"' in refused_body
+    assert next_answer.startswith(b"HTTP/1.1 200")
+    assert held.startswith(b"HTTP/1.1 201")
