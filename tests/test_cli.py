@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from app import cli
+from app.models.api_key import SCOPES
 from bench.harness import free_port, wait_for_listeners
 from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
 from tests.support.cli import ROOT, run_cli
@@ -244,3 +246,8 @@ async def test_key_names_are_unique_among_active_keys(tmp_path: Path) -> None:
     assert "revoked key 'viewer'" in revoked
     assert again_code == 0  # the name is free once its key is revoked
     assert missing_code == 1 and "no active key is named 'nobody'" in missing
+
+
+def test_the_command_line_offers_the_scopes_keys_have() -> None:
+    # The parser keeps its own copy, so that `--help` does not import SQLAlchemy.
+    assert cli.SCOPES == SCOPES
