@@ -171,7 +171,6 @@ class AccessMiddleware:
         metrics: Metrics,
         openapi: Callable[[], Mapping[str, Any]],
         decoding_routes: Iterable[tuple[str, str]],
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.auth_required = settings.AUTH_REQUIRED
@@ -185,7 +184,6 @@ class AccessMiddleware:
         self.queue = UploadQueue(slots=settings.IMAGE_WORKERS, limit=settings.UPLOAD_QUEUE_LIMIT)
         self.keys = KeyCache(settings.API_KEY_CACHE_SECONDS)
         self.buckets: dict[str, TokenBucket] = {}
-        self.clock = clock
 
     def required_scope(self, method: str, path: str) -> KeyScope | None:
         """The scope a request needs (None: anyone may make it)."""
@@ -231,12 +229,12 @@ class AccessMiddleware:
         if not decodes:
             await self.app(scope, receive, send)
             return
-        started = self.clock()
+        started = time.monotonic()
         self.metrics.uploads_in_progress.inc()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.queue.leave(self.clock() - started)
+            self.queue.leave(time.monotonic() - started)
             self.metrics.uploads_in_progress.dec()
 
     async def _admit(self, headers: Headers, resources: Resources, needed: KeyScope) -> Caller:
@@ -257,7 +255,7 @@ class AccessMiddleware:
             if bucket is None or bucket.rate != caller.rate_limit:
                 bucket = TokenBucket(caller.rate_limit, caller.burst or 1)
                 self.buckets[caller.name] = bucket
-            wait = bucket.take(self.clock())
+            wait = bucket.take(time.monotonic())
             if wait > 0:
                 self.metrics.shed.labels("rate_limited").inc()
                 raise Refused(
@@ -274,7 +272,7 @@ class AccessMiddleware:
         if not looks_like_key(given):
             return None
         digest = key_digest(given)
-        now = self.clock()
+        now = time.monotonic()
         found, caller = self.keys.get(digest, now)
         if found:
             return caller
