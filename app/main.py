@@ -10,11 +10,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app.api import info, metrics, page
+from app.api.access import AccessMiddleware
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
-from app.core.observability import Metrics, ObservabilityMiddleware, route_templates
+from app.core.observability import (
+    UPLOAD_ROUTE,
+    Metrics,
+    ObservabilityMiddleware,
+    route_templates,
+)
 from app.core.resources import Resources, open_resources
 from app.errors import add_error_handlers
 from app.services.consistency import check_storage
@@ -24,6 +30,8 @@ logger = logging.getLogger("app")
 
 # Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The routes that decode an image from the request, and so wait for the decode workers.
+DECODING_ROUTES = (("POST", UPLOAD_ROUTE), ("POST", "/api/v1/images/search"))
 
 
 async def _check_collection(resources: Resources) -> None:
@@ -88,6 +96,15 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         # No "valid" badge fetched from the public Swagger validator.
         swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
+    )
+    # Keys, rates and the upload queue, before any body is read (inside CORS, so refusals carry
+    # its headers and preflight requests need no key).
+    app.add_middleware(
+        AccessMiddleware,
+        settings=settings,
+        metrics=app_metrics,
+        openapi=app.openapi,
+        decoding_routes=DECODING_ROUTES,
     )
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES

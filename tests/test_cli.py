@@ -1,8 +1,10 @@
 """`python -m app import`, `search` and `serve` against a running app on a free port."""
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -10,8 +12,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from app import cli
+from app.models.api_key import SCOPES
 from bench.harness import free_port, wait_for_listeners
-from tests.support.app import DatabaseFactory, settings_on_new_database
+from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
 from tests.support.cli import ROOT, run_cli, run_with_a_terminal_as_stderr
 from tests.support.images import encode, scene
 from tests.support.live_server import live_server, wait_until_ready
@@ -155,7 +159,7 @@ async def test_help_loads_none_of_the_heavy_libraries() -> None:
 
 
 async def test_every_command_has_help() -> None:
-    for command in ("serve", "reembed", "reindex", "check", "import", "search"):
+    for command in ("serve", "reembed", "reindex", "check", "import", "search", "keys"):
         code, text = await run_cli([command, "--help"], dict(os.environ), stream="stdout")
         assert code == 0 and "usage: python -m app" in text
 
@@ -272,3 +276,88 @@ async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_serve
     assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
     assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"
     assert summary.startswith("reindex: built hnsw storage=vector m=16 ef_construction=64 in ")
+
+
+async def test_keys_made_by_the_command_line_work_on_every_running_replica_until_revoked(
+    tmp_path: Path,
+) -> None:
+    # Two servers on one embedded database (as two replicas on one PostgreSQL); the key
+    # commands open that database from processes of their own, while the servers run.
+    settings = make_settings(tmp_path, AUTH_REQUIRED=True, API_KEY_CACHE_SECONDS=0)
+    environment = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+    environment.pop("DATABASE_URL", None)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(encode(scene(seed=1), "JPEG"))
+
+    with live_server(settings) as first, live_server(settings) as second:
+        created_code, created = await run_cli(
+            ["keys", "create", "--name", "pipeline", "--scope", "write"], environment, "stdout"
+        )
+        key = created.splitlines()[-1]
+        async with (
+            httpx.AsyncClient(base_url=first, headers={"X-API-Key": key}) as one,
+            httpx.AsyncClient(base_url=second, headers={"Authorization": f"Bearer {key}"}) as two,
+        ):
+            anonymous_code, anonymous = await run_cli(
+                ["import", str(photos), "--url", first], environment, "stdout"
+            )
+            imported_code, imported = await run_cli(
+                ["import", str(photos), "--url", first],
+                {**environment, "IMAGE_SERVICE_API_KEY": key},
+                "stdout",
+            )
+            searched_code, searched = await run_cli(
+                ["search", str(photos / "a.jpg"), "--url", second, "--api-key", key],
+                environment,
+                "stdout",
+            )
+            listed_on_second = (await two.get("/api/v1/images/")).json()
+            _, listed = await run_cli(["keys", "list"], environment, "stdout")
+            revoked_code, revoked = await run_cli(
+                ["keys", "revoke", "pipeline"], environment, "stdout"
+            )
+            after = [await one.get("/api/v1/images/"), await two.get("/api/v1/images/")]
+            _, listed_all = await run_cli(["keys", "list", "--all"], environment, "stdout")
+
+    assert created_code == 0 and re.fullmatch(r"isk_[A-Za-z0-9_-]{43}", key)
+    assert "created key 'pipeline': scope write" in created
+    assert anonymous_code == 1 and "This request needs an API key" in anonymous
+    assert imported_code == 0 and "import: 1 stored" in imported
+    assert searched_code == 0 and re.search(r"1\.000  exact .* a\.jpg", searched)
+    assert listed_on_second["total"] == 1
+    assert re.search(r"^pipeline\s+write\s+unlimited\s", listed, re.MULTILINE)
+    assert listed.splitlines()[-1] == "1 key(s)"
+    assert key not in listed + listed_all
+    assert hashlib.sha256(key.encode()).hexdigest() not in listed + listed_all
+    assert revoked_code == 0 and "revoked key 'pipeline'" in revoked
+    assert [answer.status_code for answer in after] == [401, 401]
+    assert [answer.json()["code"] for answer in after] == ["invalid_api_key"] * 2
+    assert listed_all.splitlines()[-1] == "1 key(s)"  # revoked keys only with --all
+
+
+async def test_key_names_are_unique_among_active_keys(tmp_path: Path) -> None:
+    environment = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+    environment.pop("DATABASE_URL", None)
+    create = ["keys", "create", "--name", "viewer", "--scope", "read", "--rate", "2.5"]
+
+    first_code, first = await run_cli(create, environment, "stdout")
+    taken_code, taken = await run_cli(create, environment)
+    bad_code, bad = await run_cli(
+        ["keys", "create", "--name", "no spaces", "--scope", "read"], environment
+    )
+    _, revoked = await run_cli(["keys", "revoke", "viewer"], environment, "stdout")
+    again_code, _ = await run_cli(create, environment, "stdout")
+    missing_code, missing = await run_cli(["keys", "revoke", "nobody"], environment)
+
+    assert first_code == 0 and "rate 2.5/s burst 2" in first
+    assert taken_code == 1 and "an active key is already named 'viewer'" in taken
+    assert bad_code == 1 and "a key name is 1 to 64 letters" in bad
+    assert "revoked key 'viewer'" in revoked
+    assert again_code == 0  # the name is free once its key is revoked
+    assert missing_code == 1 and "no active key is named 'nobody'" in missing
+
+
+def test_the_command_line_offers_the_scopes_keys_have() -> None:
+    # The parser keeps its own copy, so that `--help` does not import SQLAlchemy.
+    assert cli.SCOPES == SCOPES

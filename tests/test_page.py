@@ -12,6 +12,7 @@ from httpx import AsyncClient
 from tests.support.app import DatabaseFactory, settings_on_new_database
 from tests.support.browser import needs_chromium, offline_page, pixels_near
 from tests.support.images import encode, scene
+from tests.support.keys import add_key
 from tests.support.live_server import live_server
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "build" / "page.png"
@@ -233,3 +234,35 @@ async def test_upload_see_the_near_duplicate_refine_the_search_and_delete_in_a_b
         "holiday.jpg",
         "unrelated.jpg",
     ]
+
+
+@needs_chromium
+async def test_the_page_asks_for_a_key_and_works_with_one(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, url = await settings_on_new_database(
+        create_database, tmp_path, "browser_keys", AUTH_REQUIRED=True
+    )
+    photo = tmp_path / "holiday.jpg"
+    photo.write_bytes(encode(scene(640, 480, seed=2), "JPEG", quality=90))
+
+    with live_server(settings) as base_url:
+        key = await add_key(url, "page", "write")
+        async with offline_page(base_url) as browser:
+            page = browser.page
+            await page.goto(base_url)
+            await page.wait_for_selector("#status.error")
+            refused = await page.inner_text("#status")
+
+            await page.fill("#api-key", key)
+            await page.click("#key-form button")
+            await page.set_input_files("#file-input", str(photo))
+            await page.wait_for_function("document.querySelectorAll('#gallery li').length == 1")
+            # The thumbnail was fetched with the key (an <img> alone cannot send it).
+            await page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+            thumbnail_source = await page.get_attribute("#gallery img", "src")
+            status = await page.inner_text("#status")
+
+    assert "This request needs an API key" in refused and "see API key above" in refused
+    assert thumbnail_source is not None and thumbnail_source.startswith("blob:")
+    assert status == "0 similar picture(s) for holiday.jpg."

@@ -10,7 +10,6 @@ import httpx
 
 from app.imaging.formats import sniff_format
 
-RETRIES = 3
 # Connection failures, as opposed to the service answering: nothing listens at the URL.
 _NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
 
@@ -24,6 +23,16 @@ class ServiceUnreachable(Exception):
             "(or `python -m app serve`), or give its address with --url"
         )
         self.url = url
+
+
+RETRIES = 5
+# Answers that say "come back after Retry-After": a full upload queue or an unreachable
+# database (503), a key's rate used up (429).
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @dataclass
@@ -57,7 +66,7 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str,
     data = await asyncio.to_thread(path.read_bytes)
     for attempt in range(RETRIES):
         response = await client.post("/api/v1/images/upload", files={"file": (path.name, data)})
-        if response.status_code != 503 or attempt == RETRIES - 1:
+        if response.status_code not in RETRY_STATUSES or attempt == RETRIES - 1:
             return response.status_code, response.json()
         await asyncio.sleep(float(response.headers.get("retry-after", "1")))
     raise AssertionError("unreachable")
@@ -69,6 +78,7 @@ async def import_images(
     *,
     url: str,
     concurrency: int,
+    api_key: str | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
 ) -> None:
     """Upload `paths`, `concurrency` at a time, counting outcomes in `report` as they come
@@ -99,18 +109,22 @@ async def import_images(
             if on_progress is not None:
                 on_progress(report)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
         await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
 
 
 async def search_with_file(
-    path: Path, *, url: str, limit: int, threshold: float | None
+    path: Path, *, url: str, limit: int, threshold: float | None, api_key: str | None = None
 ) -> dict[str, Any]:
     """The service's answer to POST /api/v1/images/search with the file at `path`. Raises
     ServiceUnreachable, or ValueError with the service's `detail` when it refuses."""
     data = await asyncio.to_thread(path.read_bytes)
     form = {"limit": str(limit)} | ({} if threshold is None else {"threshold": str(threshold)})
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
         try:
             response = await client.post(
                 "/api/v1/images/search", files={"file": (path.name, data)}, data=form

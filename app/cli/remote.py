@@ -32,6 +32,7 @@ def import_directory(arguments: argparse.Namespace) -> None:
                 report,
                 url=arguments.url,
                 concurrency=arguments.concurrency,
+                api_key=arguments.api_key,
                 on_progress=lambda r: progress.show(r.processed, r.total, len(r.rejected)),
             )
         )
@@ -73,6 +74,7 @@ def search(arguments: argparse.Namespace) -> None:
                 url=arguments.url,
                 limit=arguments.limit,
                 threshold=arguments.threshold,
+                api_key=arguments.api_key,
             )
         )
     except (OSError, ValueError, ServiceUnreachable, httpx.HTTPError) as exc:

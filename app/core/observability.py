@@ -74,6 +74,18 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.images = Gauge("images_stored", "Images stored", registry=self.registry)
+        self.shed = Counter(
+            "requests_shed_total",
+            "Requests refused before their body was read, by reason: server_busy (the upload "
+            "queue was full) or rate_limited (the key's rate)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.uploads_in_progress = Gauge(
+            "uploads_in_progress",
+            "Uploads and searches by upload admitted and not yet answered (this process)",
+            registry=self.registry,
+        )
 
 
 def route_templates(app: FastAPI) -> list[str]:
@@ -104,20 +116,28 @@ class ObservabilityMiddleware:
         matches `/{image_id}`)."""
         route = scope.get("route")
         if route is None:
-            return "unmatched"
+            # Refused before routing (app/api/access.py), or no such path.
+            return next(
+                (t for regex, t in self._compiled() if regex.match(scope["path"])), "unmatched"
+            )
         template = self._by_route.get(id(route))
         if template is None:
-            if self._templates is None:
-                self._templates = [(compile_path(path)[0], path) for path in self._route_paths()]
             path, own_path = scope["path"], getattr(route, "path", "")
             template = next(
-                (t for regex, t in self._templates if t.endswith(own_path) and regex.match(path)),
+                (t for regex, t in self._compiled() if t.endswith(own_path) and regex.match(path)),
                 # A route left out of the schema (`/api/v1/health` without its slash): without
                 # parameters, its path is its template.
                 "unmatched" if getattr(route, "param_convertors", None) else path,
             )
             self._by_route[id(route)] = template
         return template
+
+    def _compiled(self) -> list[tuple[re.Pattern[str], str]]:
+        """The templates as patterns, literal paths first (`/search` before `/{image_id}`)."""
+        if self._templates is None:
+            paths = sorted(self._route_paths(), key=lambda path: "{" in path)
+            self._templates = [(compile_path(path)[0], path) for path in paths]
+        return self._templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

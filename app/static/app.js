@@ -3,9 +3,21 @@
 
 const API = "/api/v1/images";
 const PAGE_SIZE = 12;
+const KEY_STORAGE = "image-similarity-api-key";
 const $ = (id) => document.getElementById(id);
 let galleryPage = 0;
 let shownImageId = null;
+
+// The API key, when the service asks for one (AUTH_REQUIRED): kept for this tab only.
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+function withKey(options = {}) {
+  const key = apiKey();
+  if (!key) return options;
+  return { ...options, headers: { ...(options.headers || {}), "X-API-Key": key } };
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -13,18 +25,32 @@ function setStatus(text, isError = false) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withKey(options));
   if (response.status === 204) return null;
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     // The API's own words: every error carries a readable `detail`.
-    throw new Error(body.detail || `The service answered ${response.status}`);
+    const hint = response.status === 401 || response.status === 403 ? " (see API key above)" : "";
+    throw new Error((body.detail || `The service answered ${response.status}`) + hint);
   }
   return body;
 }
 
 function thumbnail(id, size = 240) {
   return `${API}/${id}/thumbnail?size=${size}`;
+}
+
+// An <img> cannot send a header: with a key, the picture is fetched and shown from memory.
+function showImage(img, url) {
+  if (!apiKey()) {
+    img.src = url;
+    return;
+  }
+  fetch(url, withKey()).then((response) => (response.ok ? response.blob() : null)).then((blob) => {
+    if (!blob) return;
+    img.src = URL.createObjectURL(blob);
+    img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+  }).catch(() => {});
 }
 
 function card(image, caption, onOpen) {
@@ -34,7 +60,7 @@ function card(image, caption, onOpen) {
   button.type = "button";
   button.setAttribute("aria-label", `Open ${image.filename}`);
   const img = document.createElement("img");
-  img.src = thumbnail(image.id);
+  showImage(img, thumbnail(image.id));
   img.alt = image.filename;
   img.loading = "lazy";
   const text = document.createElement("div");
@@ -129,7 +155,7 @@ async function openDetails(id) {
     shownImageId = id;
     $("details").hidden = false;
     $("details-title").textContent = image.filename;
-    $("details-image").src = thumbnail(id, 512);
+    showImage($("details-image"), thumbnail(id, 512));
     $("details-image").alt = image.filename;
     const rows = {
       Size: `${image.width} × ${image.height}`, Format: image.format, Bytes: image.file_size,
@@ -184,6 +210,13 @@ async function loadGallery() {
 
 function setUp() {
   const zone = $("drop-zone");
+  $("api-key").value = apiKey();
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+    setStatus($("api-key").value.trim() ? "The key will be sent with every request." : "No key.");
+    loadGallery();
+  });
   $("file-input").addEventListener("change", (event) => {
     const file = event.target.files[0];
     event.target.value = ""; // so that picking the same file again is a change too
