@@ -272,6 +272,7 @@ async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_serve
     code, output = await run_cli(["reindex"], environment)
 
     assert code == 0
+    assert len(output.splitlines()) == 3, output
     building, built, summary = output.splitlines()
     assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
     assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"
