@@ -137,7 +137,7 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
 
             await asyncio.gather(uploader(0), uploader(1), uploader(2), faults())
             # The service comes back by itself: no restart, just a little patience.
-            ready = await wait_until_ready(client)
+            ready = await wait_until_ready(client, seconds=120)
             # Whatever was refused during the faults can simply be sent again.
             retried = [
                 await client.post("/api/v1/images/upload", files={"file": ("r.jpg", pictures[n])})
