@@ -9,8 +9,9 @@ import time
 from app.cli.progress import ProgressBar
 from app.core.config import get_settings
 from app.core.database import open_database, prepare_vector_index
-from app.core.resources import create_embedder, create_store, open_resources
+from app.core.resources import create_embedder, open_resources, open_store
 from app.core.vector_index import IndexStatus
+from app.errors import StorageUnavailable
 from app.imaging.cnn import CnnUnavailable, check_available
 from app.services.consistency import StorageReport, check_storage
 from app.services.reembed import ReembedProgress, reembed_images
@@ -74,27 +75,36 @@ def check(arguments: argparse.Namespace) -> None:
 
     async def run() -> StorageReport:
         async with (
+            open_store(settings) as store,
             open_database(settings, prepare_index=False) as database,
             database.engine.connect() as connection,
         ):
             return await check_storage(
                 connection,
-                store=create_store(settings),
+                store=store,
                 repair=arguments.repair,
-                **({} if arguments.min_age is None else {"min_age_seconds": arguments.min_age}),
+                grace_seconds=settings.STORAGE_GRACE_SECONDS
+                if arguments.min_age is None
+                else arguments.min_age,
             )
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except StorageUnavailable:
+        sys.exit(f"error: the {settings.STORAGE_BACKEND} image store cannot be reached")
     for name in report.staging_leftovers:
         print(f"staging leftover: {name}")
-    for path in report.orphan_files:
-        print(f"file without a row: {path}")
+    for key in report.orphan_files:
+        print(f"file without a row: {key}")
+    for key in report.orphan_thumbnails:
+        print(f"thumbnail without a row: {key}")
     for image_id in report.missing_files:
         print(f"row without a file: {image_id}")
     verb = "removed" if arguments.repair else "would remove (use --repair)"
     print(
         f"check: {len(report.staging_leftovers)} staging leftovers, {len(report.orphan_files)} "
-        f"files without rows ({verb}), {len(report.missing_files)} rows without files"
+        f"files and {len(report.orphan_thumbnails)} thumbnails without rows ({verb}), "
+        f"{len(report.missing_files)} rows without files"
         + (f"; {report.removed} files removed" if arguments.repair else "")
     )
     if report.missing_files or (not arguments.repair and not report.clean):

@@ -1,13 +1,12 @@
 """Image endpoints: upload, read, list, similar, delete."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import AwareDatetime
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     ConnectionDep,
@@ -19,6 +18,7 @@ from app.api.deps import (
     Threshold,
     ThumbnailSize,
 )
+from app.core.storage import content_disposition
 from app.errors import (
     DATABASE_UNAVAILABLE,
     EMBEDDING_OUTDATED,
@@ -218,13 +218,18 @@ _IMAGE_CONTENT: dict[str, Any] = {
 
 @router.get(
     "/{image_id}/file",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="The original file, as uploaded",
     responses={
         200: {**_IMAGE_CONTENT, "description": "The bytes as uploaded; ETag is their SHA-256"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        307: {"description": "FILE_REDIRECT=signed: a short-lived signed URL of the object"},
         **error_responses(
-            IMAGE_NOT_FOUND, IMAGE_FILE_MISSING, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+            IMAGE_NOT_FOUND,
+            IMAGE_FILE_MISSING,
+            VALIDATION_ERROR,
+            DATABASE_UNAVAILABLE,
+            STORAGE_UNAVAILABLE,
         ),
     },
 )
@@ -234,22 +239,32 @@ async def get_image_file(
     resources: ResourcesDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image, path = await images.get_stored_file(connection, image_id, store=resources.store)
+    image = await images.get_image(connection, image_id)
     etag = f'"{image.content_hash}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
-    return FileResponse(
-        path,
+    settings = resources.settings
+    if settings.FILE_REDIRECT == "signed" and image.file_path is not None:
+        expires_in = timedelta(seconds=settings.FILE_REDIRECT_EXPIRY_SECONDS)
+        url = await resources.store.signed_url(image.file_path, expires_in)
+        # Never cached: the URL stops working when it expires.
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    reader = await images.open_stored_file(image, store=resources.store)
+    return StreamingResponse(
+        reader.chunks,
         media_type=image.content_type,
-        filename=image.filename,
-        content_disposition_type="inline",
-        headers={"ETag": etag, **_FILE_HEADERS},
+        headers={
+            "ETag": etag,
+            "Content-Length": str(reader.size),
+            "Content-Disposition": content_disposition(image.filename),
+            **_FILE_HEADERS,
+        },
     )
 
 
 @router.get(
     "/{image_id}/thumbnail",
-    response_class=FileResponse,
+    response_class=Response,
     summary="A thumbnail, EXIF orientation applied (cached)",
     responses={
         200: {
@@ -258,7 +273,11 @@ async def get_image_file(
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(
-            IMAGE_NOT_FOUND, IMAGE_FILE_MISSING, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+            IMAGE_NOT_FOUND,
+            IMAGE_FILE_MISSING,
+            VALIDATION_ERROR,
+            DATABASE_UNAVAILABLE,
+            STORAGE_UNAVAILABLE,
         ),
     },
 )
@@ -270,19 +289,20 @@ async def get_thumbnail(
     format: Annotated[ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    store = resources.store
-    image, source = await images.get_stored_file(connection, image_id, store=store)
+    image = await images.get_image(connection, image_id)
     etag = f'"{image.content_hash}-{size}-{format}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
-    async with resources.decode_slots:
-        thumbnail = await run_in_threadpool(
-            images.cached_thumbnail, store, source, image.content_hash, size, format
-        )
-    return FileResponse(
-        thumbnail,
-        media_type=MEDIA_TYPES[format],
-        headers={"ETag": etag, **_FILE_HEADERS},
+    thumbnail = await images.cached_thumbnail(
+        connection,
+        image,
+        store=resources.store,
+        size=size,
+        image_format=format,
+        decode_slots=resources.decode_slots,
+    )
+    return Response(
+        thumbnail, media_type=MEDIA_TYPES[format], headers={"ETag": etag, **_FILE_HEADERS}
     )
 
 
