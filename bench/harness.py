@@ -85,6 +85,15 @@ async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> Asy
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""
+    async with app_process(environment, checkout) as (base_url, _):
+        yield base_url
+
+
+@asynccontextmanager
+async def app_process(
+    environment: dict[str, str], checkout: Path = ROOT
+) -> AsyncIterator[tuple[str, "subprocess.Popen[bytes]"]]:
+    """Like `running_app`, and the server's process too (to measure it, or kill it)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         env = {
@@ -114,7 +123,7 @@ async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> Asy
                 else:
                     raise RuntimeError("the app did not become ready")
             await wait_for_listeners(process.pid, port, int(env.get("WORKERS", "1")))
-            yield base_url
+            yield base_url, process
         finally:
             process.terminate()
             process.wait(timeout=30)
