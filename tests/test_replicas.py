@@ -116,6 +116,7 @@ async def test_the_same_bytes_through_both_replicas_at_once_give_one_row_and_one
         )
     await engine.dispose()
     assert rows == 1
+    assert isinstance(content_hash, str)
     assert len([k for k in image_keys(replicas.keys(s3_server)) if content_hash in k]) == 1
 
 

@@ -140,7 +140,9 @@ async def test_listing_a_prefix_lists_that_folder_only(store: ImageStore) -> Non
     for key in [*wanted, thumbnail_key(HASH_B, 64, "jpeg"), image_key(HASH_A, ".jpg")]:
         await store.put(key, b"x", content_type="image/jpeg")
 
-    listed = [info.key async for page in store.list_pages(thumbnail_prefix(HASH_A)) for info in page]
+    listed = [
+        info.key async for page in store.list_pages(thumbnail_prefix(HASH_A)) for info in page
+    ]
 
     assert listed == sorted(wanted)
 
