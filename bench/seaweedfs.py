@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,6 +186,20 @@ def seaweedfs_server(data_dir: Path, **options: object) -> Iterator[SeaweedFS]:
         yield seaweed
     finally:
         seaweed.stop()
+
+
+@contextmanager
+def storage_environment(prefix: str) -> Iterator[dict[str, str]]:
+    """The app's storage settings for a benchmark run with STORAGE_BACKEND=s3: a SeaweedFS
+    started for the run unless S3_ENDPOINT_URL names a store. Nothing to add otherwise."""
+    if os.environ.get("STORAGE_BACKEND") != "s3" or os.environ.get("S3_ENDPOINT_URL"):
+        yield {}
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-s3-") as folder,
+        seaweedfs_server(Path(folder)) as seaweed,
+    ):
+        yield seaweed.server.environment(prefix)
 
 
 def main() -> None:

@@ -1,0 +1,225 @@
+"""The two image stores side by side, in one run: STORAGE_BACKEND=local (the baseline) and
+STORAGE_BACKEND=s3 on a SeaweedFS started for the run.
+
+- uploads of distinct 1-megapixel JPEGs over HTTP, concurrency 8: images per second, and the
+  CPU the server process spent per upload (and, for S3, the CPU of the store's own process);
+- GET /file of the stored images, concurrency 8: requests and megabytes per second, CPU per
+  request;
+- the store alone, in this process: CPU per `put` of such a file (staged, fsynced and linked;
+  or one signed PUT), and per `get`.
+
+The two apps run one server process each (WORKERS=1) and take turns in blocks, so both see the
+same moments of this shared machine.
+
+    .venv/bin/python -m bench.storage
+"""
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from app.core.config import Settings
+from app.core.resources import open_store
+from app.core.storage import ImageStore, image_key
+from bench.harness import KeepAliveClient, app_process, fresh_database, latencies, postgres_server
+from bench.seaweedfs import seaweedfs_server
+from bench.upload import BOUNDARY, multipart, photo_jpeg, variant
+
+BACKENDS = ("local", "s3")
+BLOCKS = 4
+UPLOADS_PER_BLOCK = 40
+FILE_GETS_PER_BLOCK = 400
+STORE_OPERATIONS = 200
+CONCURRENCY = 8
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time of `processes` and their children so far."""
+    total = 0.0
+    for process in processes:
+        for member in [process, *process.children(recursive=True)]:
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Tally:
+    """One backend's counts and seconds, summed over its blocks."""
+
+    count: int = 0
+    seconds: float = 0.0
+    server_cpu: float = 0.0
+    store_cpu: float = 0.0
+    nbytes: int = 0
+    image_ids: list[str] = field(default_factory=list)
+
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    def cpu_ms(self, seconds: float) -> float:
+        return 1000 * seconds / self.count
+
+
+async def measured(
+    tally: Tally,
+    server: psutil.Process,
+    store_process: psutil.Process | None,
+    run: Callable[[], Awaitable[int]],
+) -> None:
+    """Run one block and add its count, wall time and CPU to `tally`."""
+    stores = [store_process] if store_process else []
+    cpu_before, store_before = cpu_seconds([server]), cpu_seconds(stores)
+    started = time.perf_counter()
+    tally.count += await run()
+    tally.seconds += time.perf_counter() - started
+    tally.server_cpu += cpu_seconds([server]) - cpu_before
+    tally.store_cpu += cpu_seconds(stores) - store_before
+
+
+async def store_cost(store: ImageStore, jpeg: bytes) -> tuple[float, float]:
+    """CPU milliseconds of this process (its worker threads included) per put and per get of a
+    `jpeg`-sized object, one at a time."""
+    keys = [image_key(uuid.uuid4().hex * 2, ".jpg") for _ in range(STORE_OPERATIONS)]
+    bodies = [variant(jpeg, n) for n in range(STORE_OPERATIONS)]
+    started = time.process_time()
+    for key, body in zip(keys, bodies, strict=True):
+        await store.put(key, body, content_type="image/jpeg", filename="bench.jpg")
+    put_cpu = time.process_time() - started
+    started = time.process_time()
+    for key in keys:
+        await store.get(key)
+    get_cpu = time.process_time() - started
+    for key in keys:
+        await store.delete(key)
+    return 1000 * put_cpu / STORE_OPERATIONS, 1000 * get_cpu / STORE_OPERATIONS
+
+
+def store_settings(backend: str, environment: dict[str, str], folder: Path) -> Settings:
+    values: dict[str, object] = {"DATA_DIR": folder, "DATABASE_URL": None}
+    if backend == "s3":
+        values.update(environment)
+    return Settings.model_validate(values)
+
+
+async def run() -> None:
+    jpeg = photo_jpeg(1155, 866)
+    uploads = {backend: Tally() for backend in BACKENDS}
+    files = {backend: Tally() for backend in BACKENDS}
+    counter = 0
+    async with AsyncExitStack() as stack:
+        server_dsn = stack.enter_context(postgres_server())
+        s3_folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-s3-"))
+        seaweed = stack.enter_context(seaweedfs_server(Path(s3_folder)))
+        assert seaweed.process is not None
+        weed = psutil.Process(seaweed.process.pid)
+        s3_environment = seaweed.server.environment("bench-storage")
+        clients: dict[str, KeepAliveClient] = {}
+        servers: dict[str, psutil.Process] = {}
+        for backend in BACKENDS:
+            url = await fresh_database(server_dsn, f"image_bench_storage_{backend}")
+            environment = {
+                "DATABASE_URL": url.render_as_string(hide_password=False),
+                "WORKERS": "1",
+                **(s3_environment if backend == "s3" else {}),
+            }
+            base_url, process = await stack.enter_async_context(app_process(environment))
+            servers[backend] = psutil.Process(process.pid)
+            clients[backend] = await stack.enter_async_context(KeepAliveClient(base_url, 9))
+
+        for _ in range(BLOCKS):
+            for backend in BACKENDS:
+                bodies = [
+                    multipart(variant(jpeg, counter + n), f"{counter + n}.jpg")
+                    for n in range(UPLOADS_PER_BLOCK)
+                ]
+                counter += UPLOADS_PER_BLOCK
+                tally, client = uploads[backend], clients[backend]
+
+                async def upload_block(
+                    client: KeepAliveClient = client,
+                    tally: Tally = tally,
+                    bodies: list[bytes] = bodies,
+                ) -> int:
+                    async def one(number: int) -> None:
+                        status, body = await client.request(
+                            "POST",
+                            "/api/v1/images/upload",
+                            bodies[number],
+                            f"multipart/form-data; boundary={BOUNDARY}",
+                        )
+                        assert status == 201, body
+                        tally.image_ids.append(body.split(b'"id":"')[1][:36].decode())
+
+                    await latencies(one, len(bodies), CONCURRENCY)
+                    return len(bodies)
+
+                store_process = weed if backend == "s3" else None
+                await measured(tally, servers[backend], store_process, upload_block)
+
+        for _ in range(BLOCKS):
+            for backend in BACKENDS:
+                tally, client, ids = files[backend], clients[backend], uploads[backend].image_ids
+
+                async def file_block(
+                    client: KeepAliveClient = client, tally: Tally = tally, ids: list[str] = ids
+                ) -> int:
+                    async def one(number: int) -> None:
+                        path = f"/api/v1/images/{ids[number % len(ids)]}/file"
+                        status, body = await client.request("GET", path)
+                        assert status == 200, body[:200]
+                        tally.nbytes += len(body)
+
+                    await latencies(one, FILE_GETS_PER_BLOCK, CONCURRENCY)
+                    return FILE_GETS_PER_BLOCK
+
+                store_process = weed if backend == "s3" else None
+                await measured(tally, servers[backend], store_process, file_block)
+
+        costs = {}
+        for backend in BACKENDS:
+            with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
+                settings = store_settings(backend, s3_environment, Path(folder))
+                async with open_store(settings) as store:
+                    costs[backend] = await store_cost(store, jpeg)
+
+    size_kb = len(jpeg) / 1024
+    print(
+        f"1 MP JPEG of {size_kb:.0f} KiB; {BLOCKS} blocks per backend, taking turns; "
+        f"concurrency {CONCURRENCY}; one server process per backend"
+    )
+    for backend in BACKENDS:
+        up, get = uploads[backend], files[backend]
+        put_ms, get_ms = costs[backend]
+        store_note = f" + store process {up.cpu_ms(up.store_cpu):.2f}" if backend == "s3" else ""
+        file_note = f" + store process {get.cpu_ms(get.store_cpu):.2f}" if backend == "s3" else ""
+        print(
+            f"{backend:>5}: upload {up.per_second():6.1f} images/s, server CPU "
+            f"{up.cpu_ms(up.server_cpu):.2f} ms/upload{store_note} | /file "
+            f"{get.per_second():6.1f} req/s {get.nbytes / get.seconds / 2**20:6.1f} MiB/s, "
+            f"server CPU {get.cpu_ms(get.server_cpu):.2f} ms/request{file_note} | "
+            f"store alone: put {put_ms:.2f} ms CPU, get {get_ms:.2f} ms CPU"
+        )
+    local, s3 = uploads["local"], uploads["s3"]
+    print(
+        f"storage: upload_s3_over_local={s3.per_second() / local.per_second():.2f} "
+        f"file_s3_over_local={files['s3'].per_second() / files['local'].per_second():.2f} "
+        f"put_cpu_ms_local={costs['local'][0]:.2f} put_cpu_ms_s3={costs['s3'][0]:.2f}"
+    )
+
+
+def main() -> None:
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
