@@ -189,6 +189,11 @@ class KeepAliveClient:
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
         reader, writer = await self.idle.get()
+        if reader.at_eof() or writer.is_closing():
+            # The server closes connections idle for longer than its keep-alive timeout (5 s
+            # for uvicorn); open a new one, as any HTTP client does.
+            writer.close()
+            reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
             head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
             if body:

@@ -56,7 +56,8 @@ Call = Callable[[int], Awaitable[object]]
 
 
 async def run(rows: int, baseline: Path | None) -> None:
-    settings = Settings()
+    # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
+    settings = Settings(STORAGE_BACKEND="local")
     index = settings.vector_index
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())

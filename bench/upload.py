@@ -74,7 +74,7 @@ def multipart(data: bytes, filename: str) -> bytes:
 
 
 def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
-    settings = Settings()
+    settings = Settings(STORAGE_BACKEND="local")  # the image work only: no store
     embedder = create_embedder(settings)
     files = [variant(jpeg, offset + n) for n in range(count)]
 
