@@ -197,10 +197,11 @@ async def sweep(
                 report = await check_storage(
                     connection, store=store, repair=True, grace_seconds=grace_seconds
                 )
-        finally:
-            await lock_connection.execute(
-                text("SELECT pg_advisory_unlock(:key)"), {"key": _SWEEP_LOCK}
-            )
+        except BaseException:
+            # Closed rather than pooled: a session lock left on it would block later sweeps.
+            await lock_connection.invalidate()
+            raise
+        await lock_connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SWEEP_LOCK})
     if not report.clean:
         logger.warning(
             "storage sweep: removed %d leftovers and objects without rows; "
