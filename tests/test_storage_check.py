@@ -84,3 +84,29 @@ async def test_the_sweep_at_start_up_removes_old_leftovers_but_not_fresh_files(
 
     assert not old.exists()
     assert fresh.exists()  # may belong to an upload in flight in another worker
+
+
+async def test_the_sweep_runs_again_every_interval(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, _ = await settings_on_new_database(
+        create_database,
+        tmp_path,
+        "storage_sweep_interval",
+        STORAGE_SWEEP_INTERVAL_SECONDS=0.2,
+        STORAGE_GRACE_SECONDS=0,
+    )
+    orphan = LocalImageStore(settings.image_dir).path(image_key("cd" * 32, ".png"))
+
+    async with app_client(settings) as client:
+        # Left after start-up, as a replica killed mid-upload would leave it.
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"orphan")
+        for _ in range(100):
+            if not orphan.exists():
+                break
+            await asyncio.sleep(0.1)
+        healthy = await client.get("/api/v1/health/ready")
+
+    assert not orphan.exists()
+    assert healthy.status_code == 200

@@ -34,7 +34,7 @@ from app.services.images import lock_content_hash, remove_stored_objects
 logger = logging.getLogger(__name__)
 
 # One sweep at a time across replicas: a session-level advisory lock (an arbitrary constant).
-_SWEEP_LOCK = 0x1A6E5EE9
+SWEEP_LOCK = 0x1A6E5EE9
 
 
 @dataclass
@@ -118,7 +118,7 @@ async def _compare_images(
         if content_hash in known or info.modified >= cutoff:
             continue
         report.orphan_files.append(info.key)
-        if repair and await _remove_orphan(connection, store, content_hash, info.key):
+        if repair and await remove_if_orphaned(connection, store, content_hash, info.key):
             report.removed += 1
 
 
@@ -163,11 +163,11 @@ async def _compare_thumbnails(
         if content_hash in known or info.modified >= cutoff:
             continue
         report.orphan_thumbnails.append(info.key)
-        if repair and await _remove_orphan(connection, store, content_hash, info.key):
+        if repair and await remove_if_orphaned(connection, store, content_hash, info.key):
             report.removed += 1
 
 
-async def _remove_orphan(
+async def remove_if_orphaned(
     connection: AsyncConnection, store: ImageStore, content_hash: str, key: str
 ) -> bool:
     """Remove `key` if, under the hash's lock, still no row has this hash."""
@@ -185,23 +185,23 @@ async def _remove_orphan(
 async def sweep(
     engine: AsyncEngine, *, store: ImageStore, grace_seconds: float
 ) -> StorageReport | None:
-    """One repairing sweep, unless another replica is sweeping (then None)."""
-    async with engine.connect() as lock_connection:
-        locked = await lock_connection.scalar(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": _SWEEP_LOCK}
+    """One repairing sweep, unless another replica is sweeping (then None). It holds one
+    pooled connection meanwhile, the one that holds the lock."""
+    async with engine.connect() as connection:
+        locked = await connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": SWEEP_LOCK}
         )
         if not locked:
             return None
         try:
-            async with engine.connect() as connection:
-                report = await check_storage(
-                    connection, store=store, repair=True, grace_seconds=grace_seconds
-                )
+            report = await check_storage(
+                connection, store=store, repair=True, grace_seconds=grace_seconds
+            )
         except BaseException:
             # Closed rather than pooled: a session lock left on it would block later sweeps.
-            await lock_connection.invalidate()
+            await connection.invalidate()
             raise
-        await lock_connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SWEEP_LOCK})
+        await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SWEEP_LOCK})
     if not report.clean:
         logger.warning(
             "storage sweep: removed %d leftovers and objects without rows; "
