@@ -1,7 +1,7 @@
 """The two image stores side by side, in one run: STORAGE_BACKEND=local (the baseline) and
 STORAGE_BACKEND=s3 on a SeaweedFS started for the run.
 
-- uploads of distinct 1-megapixel JPEGs over HTTP, concurrency 8: images per second, and the
+- uploads of distinct 1- and 12-megapixel JPEGs over HTTP, concurrency 8: images per second, and the
   CPU the server process spent per upload (and, for S3, the CPU of the store's own process);
 - GET /file of the stored images, concurrency 8: requests and megabytes per second, CPU per
   request;
@@ -35,9 +35,7 @@ from bench.upload import BOUNDARY, multipart, photo_jpeg, variant
 
 BACKENDS = ("local", "s3")
 BLOCKS = 4
-UPLOADS_PER_BLOCK = 40
-FILE_GETS_PER_BLOCK = 400
-STORE_OPERATIONS = 200
+STORE_OPERATIONS = 100
 CONCURRENCY = 8
 
 
@@ -110,11 +108,23 @@ def store_settings(backend: str, environment: dict[str, str], folder: Path) -> S
     return Settings.model_validate(values)
 
 
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+    uploads_per_block: int
+    gets_per_block: int
+
+
+SIZES = {"1MP": Size(1155, 866, 40, 400), "12MP": Size(4000, 3000, 8, 80)}
+
+
 async def run() -> None:
-    jpeg = photo_jpeg(1155, 866)
-    uploads = {backend: Tally() for backend in BACKENDS}
-    files = {backend: Tally() for backend in BACKENDS}
     counter = 0
+    uploads = {(size, backend): Tally() for size in SIZES for backend in BACKENDS}
+    files = {(size, backend): Tally() for size in SIZES for backend in BACKENDS}
+    costs: dict[tuple[str, str], tuple[float, float]] = {}
+    jpegs = {name: photo_jpeg(size.width, size.height) for name, size in SIZES.items()}
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
         s3_folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-s3-"))
@@ -134,86 +144,96 @@ async def run() -> None:
             base_url, process = await stack.enter_async_context(app_process(environment))
             servers[backend] = psutil.Process(process.pid)
             clients[backend] = await stack.enter_async_context(KeepAliveClient(base_url, 9))
+        stores = {"s3": weed, "local": None}
 
-        for _ in range(BLOCKS):
-            for backend in BACKENDS:
-                bodies = [
-                    multipart(variant(jpeg, counter + n), f"{counter + n}.jpg")
-                    for n in range(UPLOADS_PER_BLOCK)
-                ]
-                counter += UPLOADS_PER_BLOCK
-                tally, client = uploads[backend], clients[backend]
+        for name, size in SIZES.items():
+            for _ in range(BLOCKS):
+                for backend in BACKENDS:
+                    bodies = [
+                        multipart(variant(jpegs[name], counter + n), f"{counter + n}.jpg")
+                        for n in range(size.uploads_per_block)
+                    ]
+                    counter += size.uploads_per_block
+                    block = upload_block(clients[backend], uploads[name, backend], bodies)
+                    await measured(uploads[name, backend], servers[backend], stores[backend], block)
+            for _ in range(BLOCKS):
+                for backend in BACKENDS:
+                    tally = files[name, backend]
+                    ids = uploads[name, backend].image_ids
+                    block = file_block(clients[backend], tally, ids, size.gets_per_block)
+                    await measured(tally, servers[backend], stores[backend], block)
 
-                async def upload_block(
-                    client: KeepAliveClient = client,
-                    tally: Tally = tally,
-                    bodies: list[bytes] = bodies,
-                ) -> int:
-                    async def one(number: int) -> None:
-                        status, body = await client.request(
-                            "POST",
-                            "/api/v1/images/upload",
-                            bodies[number],
-                            f"multipart/form-data; boundary={BOUNDARY}",
-                        )
-                        assert status == 201, body
-                        tally.image_ids.append(body.split(b'"id":"')[1][:36].decode())
-
-                    await latencies(one, len(bodies), CONCURRENCY)
-                    return len(bodies)
-
-                store_process = weed if backend == "s3" else None
-                await measured(tally, servers[backend], store_process, upload_block)
-
-        for _ in range(BLOCKS):
-            for backend in BACKENDS:
-                tally, client, ids = files[backend], clients[backend], uploads[backend].image_ids
-
-                async def file_block(
-                    client: KeepAliveClient = client, tally: Tally = tally, ids: list[str] = ids
-                ) -> int:
-                    async def one(number: int) -> None:
-                        path = f"/api/v1/images/{ids[number % len(ids)]}/file"
-                        status, body = await client.request("GET", path)
-                        assert status == 200, body[:200]
-                        tally.nbytes += len(body)
-
-                    await latencies(one, FILE_GETS_PER_BLOCK, CONCURRENCY)
-                    return FILE_GETS_PER_BLOCK
-
-                store_process = weed if backend == "s3" else None
-                await measured(tally, servers[backend], store_process, file_block)
-
-        costs = {}
         for backend in BACKENDS:
             with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
                 settings = store_settings(backend, s3_environment, Path(folder))
                 async with open_store(settings) as store:
-                    costs[backend] = await store_cost(store, jpeg)
+                    for name in SIZES:
+                        costs[name, backend] = await store_cost(store, jpegs[name])
 
-    size_kb = len(jpeg) / 1024
     print(
-        f"1 MP JPEG of {size_kb:.0f} KiB; {BLOCKS} blocks per backend, taking turns; "
-        f"concurrency {CONCURRENCY}; one server process per backend"
+        f"{BLOCKS} blocks per backend and size, taking turns; concurrency {CONCURRENCY}; "
+        "one server process per backend; CPU in ms"
     )
-    for backend in BACKENDS:
-        up, get = uploads[backend], files[backend]
-        put_ms, get_ms = costs[backend]
-        store_note = f" + store process {up.cpu_ms(up.store_cpu):.2f}" if backend == "s3" else ""
-        file_note = f" + store process {get.cpu_ms(get.store_cpu):.2f}" if backend == "s3" else ""
+    for name in SIZES:
+        print(f"{name} JPEG, {len(jpegs[name]) / 1024:.0f} KiB:")
+        for backend in BACKENDS:
+            up, get = uploads[name, backend], files[name, backend]
+            put_ms, get_ms = costs[name, backend]
+            in_store = backend == "s3"
+            print(
+                f"  {backend:>5}: upload {up.per_second():6.1f}/s, server CPU "
+                f"{up.cpu_ms(up.server_cpu):5.2f}/upload"
+                + (f" + store {up.cpu_ms(up.store_cpu):.2f}" if in_store else "")
+                + f" | /file {get.per_second():6.1f}/s {get.nbytes / get.seconds / 2**20:6.1f} "
+                f"MiB/s, server CPU {get.cpu_ms(get.server_cpu):5.2f}/request"
+                + (f" + store {get.cpu_ms(get.store_cpu):.2f}" if in_store else "")
+                + f" | store alone: put {put_ms:.2f}, get {get_ms:.2f}"
+            )
+    for name in SIZES:
+        local, s3 = uploads[name, "local"], uploads[name, "s3"]
+        file_ratio = files[name, "s3"].per_second() / files[name, "local"].per_second()
         print(
-            f"{backend:>5}: upload {up.per_second():6.1f} images/s, server CPU "
-            f"{up.cpu_ms(up.server_cpu):.2f} ms/upload{store_note} | /file "
-            f"{get.per_second():6.1f} req/s {get.nbytes / get.seconds / 2**20:6.1f} MiB/s, "
-            f"server CPU {get.cpu_ms(get.server_cpu):.2f} ms/request{file_note} | "
-            f"store alone: put {put_ms:.2f} ms CPU, get {get_ms:.2f} ms CPU"
+            f"storage: size={name} upload_s3_over_local={s3.per_second() / local.per_second():.2f}"
+            f" file_s3_over_local={file_ratio:.2f} put_cpu_ms_local={costs[name, 'local'][0]:.2f}"
+            f" put_cpu_ms_s3={costs[name, 's3'][0]:.2f}"
         )
-    local, s3 = uploads["local"], uploads["s3"]
-    print(
-        f"storage: upload_s3_over_local={s3.per_second() / local.per_second():.2f} "
-        f"file_s3_over_local={files['s3'].per_second() / files['local'].per_second():.2f} "
-        f"put_cpu_ms_local={costs['local'][0]:.2f} put_cpu_ms_s3={costs['s3'][0]:.2f}"
-    )
+
+
+def upload_block(
+    client: KeepAliveClient, tally: Tally, bodies: list[bytes]
+) -> Callable[[], Awaitable[int]]:
+    async def block() -> int:
+        async def one(number: int) -> None:
+            status, body = await client.request(
+                "POST",
+                "/api/v1/images/upload",
+                bodies[number],
+                f"multipart/form-data; boundary={BOUNDARY}",
+            )
+            assert status == 201, body
+            tally.image_ids.append(body.split(b'"id":"')[1][:36].decode())
+
+        await latencies(one, len(bodies), CONCURRENCY)
+        return len(bodies)
+
+    return block
+
+
+def file_block(
+    client: KeepAliveClient, tally: Tally, ids: list[str], count: int
+) -> Callable[[], Awaitable[int]]:
+    async def block() -> int:
+        async def one(number: int) -> None:
+            status, body = await client.request(
+                "GET", f"/api/v1/images/{ids[number % len(ids)]}/file"
+            )
+            assert status == 200, body[:200]
+            tally.nbytes += len(body)
+
+        await latencies(one, count, CONCURRENCY)
+        return count
+
+    return block
 
 
 def main() -> None:
