@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from app.core.config import Settings
-from app.core.resources import open_store
+from app.core.resources import create_store
 from app.core.storage import ImageStore, image_key
 from bench.harness import KeepAliveClient, app_process, fresh_database, latencies, postgres_server
 from bench.seaweedfs import seaweedfs_server
@@ -166,9 +166,9 @@ async def run() -> None:
         for backend in BACKENDS:
             with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
                 settings = store_settings(backend, s3_environment, Path(folder))
-                async with open_store(settings) as store:
-                    for name in SIZES:
-                        costs[name, backend] = await store_cost(store, jpegs[name])
+                store = await create_store(settings)
+                for name in SIZES:
+                    costs[name, backend] = await store_cost(store, jpegs[name])
 
     print(
         f"{BLOCKS} blocks per backend and size, taking turns; concurrency {CONCURRENCY}; "

@@ -3,7 +3,6 @@ folder and a real S3 server (SeaweedFS)."""
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import obstore
 import pytest
 
 from app.core import local_store, s3_store
-from app.core.resources import open_store
+from app.core.resources import create_store
 from app.core.storage import (
     ImageStore,
     ObjectMissing,
@@ -31,16 +30,13 @@ HASH_A, HASH_B = "a" * 64, "b" * 64
 
 
 @pytest.fixture(params=["local", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ImageStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     overrides = request.getfixturevalue("s3_settings") if request.param == "s3" else {}
-    async with open_store(make_settings(tmp_path, **overrides)) as opened:
-        yield opened
+    return await create_store(make_settings(tmp_path, **overrides))
 
 
 @pytest.fixture(params=["local", "s3"])
-async def unreachable_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[ImageStore]:
+async def unreachable_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     """A local folder replaced by a plain file; an S3 endpoint where nothing listens."""
     if request.param == "s3":
         settings = make_settings(
@@ -50,16 +46,14 @@ async def unreachable_store(
             S3_ENDPOINT_URL="http://127.0.0.1:9",
             S3_MAX_RETRIES=0,
         )
-        async with open_store(settings) as opened:
-            yield opened
-        return
+        return await create_store(settings)
     settings = make_settings(tmp_path)
-    async with open_store(settings) as opened:
-        for path in sorted(settings.image_dir.rglob("*"), reverse=True):
-            path.rmdir()
-        settings.image_dir.rmdir()
-        settings.image_dir.write_bytes(b"")
-        yield opened
+    store = await create_store(settings)
+    for path in sorted(settings.image_dir.rglob("*"), reverse=True):
+        path.rmdir()
+    settings.image_dir.rmdir()
+    settings.image_dir.write_bytes(b"")
+    return store
 
 
 async def test_put_creates_an_object_once_and_never_overwrites_it(store: ImageStore) -> None:
@@ -166,9 +160,9 @@ async def test_s3_objects_carry_their_content_type_and_disposition(
 ) -> None:
     settings = make_settings(tmp_path, **s3_settings)
     key = image_key(HASH_A, ".jpg")
-    async with open_store(settings) as store:
-        await store.put(key, b"jpeg bytes", content_type="image/jpeg", filename="Zoë 1.jpg")
-        url = await store.signed_url(key, timedelta(seconds=60))
+    store = await create_store(settings)
+    await store.put(key, b"jpeg bytes", content_type="image/jpeg", filename="Zoë 1.jpg")
+    url = await store.signed_url(key, timedelta(seconds=60))
 
     stored = await obstore.get_async(s3_server.client(settings.S3_PREFIX), key)
     async with httpx.AsyncClient() as client:

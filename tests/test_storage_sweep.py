@@ -2,7 +2,6 @@
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core import local_store, s3_store
 from app.core.database import Database
-from app.core.resources import open_store
+from app.core.resources import create_store
 from app.core.storage import ImageStore, image_key, thumbnail_key
 from app.models.image import images
 from app.services.consistency import SWEEP_LOCK, check_storage, remove_if_orphaned, sweep
@@ -23,10 +22,9 @@ HASHES = [f"{n:x}" * 64 for n in range(10)]  # in key order
 
 
 @pytest.fixture(params=["local", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ImageStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     overrides = request.getfixturevalue("s3_settings") if request.param == "s3" else {}
-    async with open_store(make_settings(tmp_path, **overrides)) as opened:
-        yield opened
+    return await create_store(make_settings(tmp_path, **overrides))
 
 
 async def add_row(connection: AsyncConnection, content_hash: str) -> uuid.UUID:
@@ -88,10 +86,8 @@ async def test_an_orphan_whose_row_appears_meanwhile_is_kept(
 
 
 async def test_only_one_replica_sweeps_at_a_time(database: Database, tmp_path: Path) -> None:
-    async with (
-        open_store(make_settings(tmp_path)) as store,
-        database.engine.connect() as other_replica,
-    ):
+    store = await create_store(make_settings(tmp_path))
+    async with database.engine.connect() as other_replica:
         lock = await other_replica.scalar(
             text("SELECT pg_try_advisory_lock(:key)"), {"key": SWEEP_LOCK}
         )

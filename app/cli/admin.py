@@ -9,7 +9,7 @@ import time
 from app.cli.progress import ProgressBar
 from app.core.config import get_settings
 from app.core.database import open_database, prepare_vector_index
-from app.core.resources import create_embedder, open_resources, open_store
+from app.core.resources import create_embedder, create_store, open_resources
 from app.core.vector_index import IndexStatus
 from app.errors import StorageUnavailable
 from app.imaging.cnn import CnnUnavailable, check_available
@@ -74,8 +74,8 @@ def check(arguments: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     async def run() -> StorageReport:
+        store = await create_store(settings)
         async with (
-            open_store(settings) as store,
             open_database(settings, prepare_index=False) as database,
             database.engine.connect() as connection,
         ):

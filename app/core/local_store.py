@@ -130,9 +130,6 @@ class LocalImageStore:
     async def signed_url(self, key: str, expires_in: timedelta) -> str:
         raise NotImplementedError("signed URLs need STORAGE_BACKEND=s3")
 
-    async def close(self) -> None:
-        return None
-
 
 def _files(top: Path) -> Iterator[Path]:
     for folder, _, names in os.walk(top):

@@ -74,23 +74,16 @@ class Resources:
     started_at: float  # time.monotonic() at start-up
 
 
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[ImageStore]:
-    """The STORAGE_BACKEND store, ready to use (the local folders made), closed on exit. Made
-    here, in the process that uses it: the S3 client must not cross a fork."""
-    store: ImageStore
+async def create_store(settings: Settings) -> ImageStore:
+    """The STORAGE_BACKEND store, ready to use (the local folders made). Made in the process
+    that uses it (the lifespan, a command): the S3 client must not cross a fork."""
     if settings.STORAGE_BACKEND == "s3":
         from app.core.s3_store import S3ImageStore  # only deployments on S3 load the client
 
-        store = S3ImageStore(settings)
-    else:
-        local = LocalImageStore(settings.image_dir)
-        await run_in_threadpool(local.prepare)
-        store = local
-    try:
-        yield store
-    finally:
-        await store.close()
+        return S3ImageStore(settings)
+    local = LocalImageStore(settings.image_dir)
+    await run_in_threadpool(local.prepare)
+    return local
 
 
 def create_embedder(settings: Settings) -> Embedder:
@@ -110,10 +103,8 @@ async def open_resources(
     and build everything else from `settings`."""
     # The embedder first: a missing optional extra stops the start before anything runs.
     embedder = create_embedder(settings)
-    async with (
-        open_store(settings) as store,
-        _use_or_open(settings, database, prepare_index) as opened,
-    ):
+    store = await create_store(settings)
+    async with _use_or_open(settings, database, prepare_index) as opened:
         yield Resources(
             settings=settings,
             engine=opened.engine,

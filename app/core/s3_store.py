@@ -157,9 +157,6 @@ class S3ImageStore:
         except _STORE_ERRORS as exc:
             raise _unavailable("sign", exc) from exc
 
-    async def close(self) -> None:
-        return None
-
 
 def _unavailable(operation: str, exc: BaseException) -> StorageUnavailable:
     # The class name only: obstore's messages carry the endpoint and the request.

@@ -7,7 +7,7 @@ from sqlalchemy import URL
 
 from app.core.config import Settings
 from app.core.database import create_engine
-from app.core.resources import open_store
+from app.core.resources import create_store
 from app.core.storage import image_key_hash, thumbnail_key_hash
 from app.services.consistency import check_storage
 from bench.seaweedfs import S3Server
@@ -18,7 +18,8 @@ async def storage_state(settings: Settings, url: URL) -> tuple[int, list[str], l
     """(rows, objects without rows, rows without objects), whatever their age."""
     engine = create_engine(url)
     try:
-        async with open_store(settings) as store, engine.connect() as connection:
+        store = await create_store(settings)
+        async with engine.connect() as connection:
             rows = await row_count(connection)
             report = await check_storage(connection, store=store, repair=False, grace_seconds=-1)
     finally:
