@@ -224,6 +224,9 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the stop short and leave the server running.
+        for caught in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(caught, signal.SIG_IGN)
         seaweed.stop()
 
 
