@@ -1,11 +1,13 @@
 """The API with STORAGE_BACKEND=s3, on a real S3 server (SeaweedFS): what is in the bucket
 after each request, signed redirects, and a store that cannot be reached."""
 
+import hashlib
 import io
 
 import httpx
 import obstore
 from PIL import Image as PILImage
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.storage import image_key
@@ -137,3 +139,48 @@ async def test_the_same_bytes_twice_keep_one_object(
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["id"] == second.json()["id"]
     assert len(image_keys(bucket_keys(s3_server, s3_settings["S3_PREFIX"]))) == 1
+
+
+async def test_a_failed_insert_leaves_nothing_in_the_bucket(
+    make_client: MakeClient,
+    connection: AsyncConnection,
+    s3_server: S3Server,
+    s3_settings: dict[str, str],
+) -> None:
+    # A real database failure at insert time, from a trigger (rolled back with the test).
+    await connection.execute(
+        text(
+            "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$"
+        )
+    )
+    await connection.execute(
+        text("CREATE TRIGGER fail_insert BEFORE INSERT ON images EXECUTE FUNCTION fail_insert()")
+    )
+    async with make_client(**s3_settings) as client:
+        response = await upload(client, jpeg_bytes())
+
+    assert_error(response, 500, "internal_error")
+    assert bucket_keys(s3_server, s3_settings["S3_PREFIX"]) == []
+
+
+async def test_an_object_left_behind_with_the_same_bytes_is_taken_over_by_the_upload(
+    make_client: MakeClient,
+    connection: AsyncConnection,
+    s3_server: S3Server,
+    s3_settings: dict[str, str],
+) -> None:
+    data = jpeg_bytes(seed=5)
+    key = image_key(hashlib.sha256(data).hexdigest(), ".jpg")
+    prefix = s3_settings["S3_PREFIX"]
+    # As an upload whose commit outcome was unknown leaves it (no row).
+    await obstore.put_async(s3_server.client(prefix), key, data)
+    async with make_client(**s3_settings) as client:
+        response = await upload(client, data)
+        file = await client.get(f"/api/v1/images/{response.json()['id']}/file")
+
+    row = await image_row(connection, response.json()["id"])
+    assert response.status_code == 201
+    assert row is not None and row.file_path == key
+    assert file.content == data
+    assert bucket_keys(s3_server, prefix) == [key]
