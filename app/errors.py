@@ -63,6 +63,9 @@ STORAGE_UNAVAILABLE = ErrorKind(
     503, "storage_unavailable", "Image storage is unavailable; retry after Retry-After", _RETRY
 )
 STORAGE_FULL = ErrorKind(507, "storage_full", "No space left to store the image", _RETRY)
+RANGE_NOT_SATISFIABLE = ErrorKind(
+    416, "range_not_satisfiable", "The Range header starts past the end of the file"
+)
 BAD_REQUEST = ErrorKind(400, "bad_request", "Malformed request body")
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "An unexpected error (logged with its id)")
 # Statuses Starlette raises itself (unknown path, wrong method, ...): their codes.
@@ -82,6 +85,7 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     DATABASE_UNAVAILABLE,
     STORAGE_UNAVAILABLE,
     STORAGE_FULL,
+    RANGE_NOT_SATISFIABLE,
     BAD_REQUEST,
     INTERNAL_ERROR,
 )
@@ -92,9 +96,10 @@ class ServiceError(Exception):
 
     kind: ClassVar[ErrorKind] = INTERNAL_ERROR
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # besides the kind's own
 
     @property
     def code(self) -> str:
@@ -172,6 +177,16 @@ class StorageUnavailable(ServiceError):
         super().__init__("Image storage is unavailable; retry shortly")
 
 
+class RangeNotSatisfiable(ServiceError):
+    kind = RANGE_NOT_SATISFIABLE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"The file has {size} bytes; the range asked for starts past them",
+            {"Content-Range": f"bytes */{size}"},
+        )
+
+
 class SchemaMismatch(Exception):
     """The database schema does not match the configuration (start-up only, never an answer)."""
 
@@ -203,13 +218,20 @@ UPLOAD_ERRORS = (
 )
 
 
-def error_response(request: Request, kind: ErrorKind, detail: str, **extra: object) -> JSONResponse:
-    """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers."""
+def error_response(
+    request: Request,
+    kind: ErrorKind,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers (and
+    `headers`)."""
     request.state.error_code = kind.code  # for the metrics of refused uploads
     return JSONResponse(
         {"detail": detail, "code": kind.code, **extra},
         status_code=kind.status,
-        headers=dict(kind.headers) or None,
+        headers={**kind.headers, **(headers or {})} or None,
     )
 
 
@@ -225,7 +247,7 @@ def add_error_handlers(
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.kind, exc.detail)
+        return error_response(request, exc.kind, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

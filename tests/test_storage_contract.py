@@ -191,3 +191,16 @@ def test_keys_name_the_content_hash_and_nothing_else() -> None:
 def test_content_disposition_is_plain_for_plain_names_and_encoded_otherwise() -> None:
     assert content_disposition("photo.jpg") == 'inline; filename="photo.jpg"'
     assert content_disposition('a"b.jpg') == "inline; filename*=utf-8''a%22b.jpg"
+
+
+async def test_open_reads_a_byte_range(store: ImageStore) -> None:
+    key = image_key(HASH_B, ".png")
+    data = os.urandom(600_000)
+    await store.put(key, data, content_type="image/png")
+
+    middle = await store.open(key, (1000, 300_000))
+    tail = await store.open(key, (599_990, 600_000))
+
+    assert middle.size == 299_000
+    assert b"".join([chunk async for chunk in middle.chunks]) == data[1000:300_000]
+    assert (tail.size, b"".join([chunk async for chunk in tail.chunks])) == (10, data[-10:])

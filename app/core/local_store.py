@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.storage import (
     LIST_PAGE_SIZE,
     READ_CHUNK_SIZE,
+    ByteRange,
     ObjectInfo,
     ObjectMissing,
     ObjectReader,
@@ -81,7 +82,7 @@ class LocalImageStore:
         except OSError as exc:
             raise StorageUnavailable() from exc
 
-    async def open(self, key: str) -> ObjectReader:
+    async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
         path = self.path(key)
         try:
             file = await run_in_threadpool(path.open, "rb")
@@ -89,7 +90,11 @@ class LocalImageStore:
             raise ObjectMissing(key) from exc
         except OSError as exc:
             raise StorageUnavailable() from exc
-        return ObjectReader(size=os.fstat(file.fileno()).st_size, chunks=_read_chunks(file))
+        size = os.fstat(file.fileno()).st_size
+        start, end = byte_range or (0, size)
+        end = min(end, size)
+        file.seek(start)
+        return ObjectReader(size=end - start, chunks=_read_chunks(file, end - start))
 
     async def delete(self, key: str) -> None:
         try:
@@ -137,9 +142,12 @@ def _files(top: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
-async def _read_chunks(file: BinaryIO) -> AsyncIterator[bytes]:
+async def _read_chunks(file: BinaryIO, length: int) -> AsyncIterator[bytes]:
     try:
-        while chunk := await run_in_threadpool(file.read, READ_CHUNK_SIZE):
+        while length > 0 and (
+            chunk := await run_in_threadpool(file.read, min(READ_CHUNK_SIZE, length))
+        ):
+            length -= len(chunk)
             yield chunk
     finally:
         file.close()

@@ -24,6 +24,7 @@ from app.core.config import Settings
 from app.core.storage import (
     LIST_PAGE_SIZE,
     READ_CHUNK_SIZE,
+    ByteRange,
     ObjectInfo,
     ObjectMissing,
     ObjectReader,
@@ -116,16 +117,17 @@ class S3ImageStore:
         except _STORE_ERRORS as exc:
             raise _unavailable("get", exc) from exc
 
-    async def open(self, key: str) -> ObjectReader:
+    async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
         try:
-            result = await obstore.get_async(self.store, key)
+            result = await obstore.get_async(
+                self.store, key, options={"range": byte_range} if byte_range else None
+            )
         except FileNotFoundError as exc:
             raise ObjectMissing(key) from exc
         except _STORE_ERRORS as exc:
             raise _unavailable("get", exc) from exc
-        return ObjectReader(
-            size=result.meta["size"], chunks=result.stream(min_chunk_size=READ_CHUNK_SIZE)
-        )
+        start, end = result.range
+        return ObjectReader(size=end - start, chunks=result.stream(min_chunk_size=READ_CHUNK_SIZE))
 
     async def delete(self, key: str) -> None:
         try:

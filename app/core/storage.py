@@ -77,9 +77,13 @@ class ObjectInfo:
     modified: datetime  # aware, UTC
 
 
+ByteRange = tuple[int, int]  # (start, end), end exclusive, within the object
+
+
 @dataclass
 class ObjectReader:
-    """An object opened for reading: its size in bytes and its bytes, chunk by chunk."""
+    """An object (or a range of it) opened for reading: how many bytes, and the bytes, chunk
+    by chunk."""
 
     size: int
     chunks: AsyncIterator[bytes]
@@ -103,8 +107,9 @@ class ImageStore(Protocol):
         """The whole object (ObjectMissing if there is none)."""
         ...
 
-    async def open(self, key: str) -> ObjectReader:
-        """The object, to be streamed (ObjectMissing if there is none)."""
+    async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        """The object, or `byte_range` of it, to be streamed (ObjectMissing if there is
+        none)."""
         ...
 
     async def delete(self, key: str) -> None:

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.database import transaction
 from app.core.storage import (
+    ByteRange,
     ImageStore,
     ObjectMissing,
     ObjectReader,
@@ -53,12 +54,15 @@ class ImageFilter:
     uploaded_before: datetime | None = None
 
 
-async def open_stored_file(image: Row[tuple[object, ...]], *, store: ImageStore) -> ObjectReader:
-    """The image's file, opened for streaming (ImageFileMissing if it is gone)."""
+async def open_stored_file(
+    image: Row[tuple[object, ...]], *, store: ImageStore, byte_range: ByteRange | None = None
+) -> ObjectReader:
+    """The image's file (or `byte_range` of it), opened for streaming (ImageFileMissing if it
+    is gone)."""
     if image.file_path is None:
         raise ImageFileMissing(image.id)
     try:
-        return await store.open(image.file_path)
+        return await store.open(image.file_path, byte_range)
     except ObjectMissing as exc:
         raise ImageFileMissing(image.id) from exc
 
