@@ -8,13 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from app.api import info, metrics, page
+from app.api.access import AccessMiddleware
 from app.api.v1 import health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
-from app.core.observability import Metrics, ObservabilityMiddleware, route_templates
+from app.core.observability import (
+    UPLOAD_ROUTE,
+    Metrics,
+    ObservabilityMiddleware,
+    route_templates,
+)
 from app.core.resources import Resources, open_resources
 from app.errors import StorageUnavailable, add_error_handlers
 from app.services.consistency import sweep
@@ -24,6 +31,8 @@ logger = logging.getLogger("app")
 
 # Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The routes that decode an image from the request, and so wait for the decode workers.
+DECODING_ROUTES = (("POST", UPLOAD_ROUTE), ("POST", "/api/v1/images/search"))
 
 
 async def _check_embeddings(resources: Resources) -> None:
@@ -75,7 +84,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """The service. `database`: an open database to use instead of opening the configured one
     (the caller keeps it open and closes it)."""
     settings = settings or get_settings()
-    app_metrics = Metrics()
+    app_metrics = Metrics(created_series=settings.METRICS_CREATED_SERIES)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
@@ -96,14 +105,29 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 sweeper.cancel()
                 await asyncio.gather(sweeper, return_exceptions=True)
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts and styles served by the app itself,
+    # not a CDN: they work on a machine without internet.
+    app = FastAPIOffline(
         title="Image Similarity Service",
         version=SERVICE_VERSION,
         description="Upload images, read their metadata, and find stored images that look alike.",
         openapi_url="/api/v1/openapi.json",
         docs_url="/docs",
         redoc_url="/redoc",
+        static_url="/docs/assets",
+        favicon_url=page.FAVICON_URL,
+        # No "valid" badge fetched from the public Swagger validator.
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
+    )
+    # Keys, rates and the upload queue, before any body is read (inside CORS, so refusals carry
+    # its headers and preflight requests need no key).
+    app.add_middleware(
+        AccessMiddleware,
+        settings=settings,
+        metrics=app_metrics,
+        openapi=app.openapi,
+        decoding_routes=DECODING_ROUTES,
     )
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES

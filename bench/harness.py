@@ -2,6 +2,7 @@
 latency statistics."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -79,21 +81,38 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
     raise RuntimeError(f"fewer than {count} processes listen on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and its children (a server's
+    workers, a store's helpers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its worker processes: what the benchmarks
+        divide by the requests served, steadier than throughput on a shared machine."""
+        return cpu_seconds(self.pid)
+
+
 @asynccontextmanager
-async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> AsyncIterator[str]:
-    """`python -m app serve` in its own process (as in production); yields its base URL.
+async def running_app(
+    environment: dict[str, str], checkout: Path = ROOT
+) -> AsyncIterator[RunningApp]:
+    """`python -m app serve` in its own process (as in production), once it is ready; its URL
+    and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""
-    async with app_process(environment, checkout) as (base_url, _):
-        yield base_url
-
-
-@asynccontextmanager
-async def app_process(
-    environment: dict[str, str], checkout: Path = ROOT
-) -> AsyncIterator[tuple[str, "subprocess.Popen[bytes]"]]:
-    """Like `running_app`, and the server's process too (to measure it, or kill it)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         env = {
@@ -123,7 +142,7 @@ async def app_process(
                 else:
                     raise RuntimeError("the app did not become ready")
             await wait_for_listeners(process.pid, port, int(env.get("WORKERS", "1")))
-            yield base_url, process
+            yield RunningApp(base_url, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -188,26 +207,40 @@ class KeepAliveClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
-        reader, writer = await self.idle.get()
-        if reader.at_eof() or writer.is_closing():
-            # The server closes connections idle for longer than its keep-alive timeout (5 s
-            # for uvicorn); open a new one, as any HTTP client does.
-            writer.close()
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+        """Send one request on an idle connection. A connection the server has closed since its
+        last use (uvicorn closes idle keep-alive connections after 5 s) is replaced and the
+        request sent again once; a request that was never answered is safe to resend."""
+        connection = await self.idle.get()
         try:
-            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            if body:
-                head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            writer.write(head.encode() + b"\r\n" + body)
-            await writer.drain()
-            header = await reader.readuntil(b"\r\n\r\n")
-            lines = header.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            length = next(
-                int(line.split(":", 1)[1])
-                for line in lines
-                if line.lower().startswith("content-length")
-            )
-            return status, await reader.readexactly(length)
+            try:
+                return await self._exchange(connection, method, path, body, content_type)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                connection[1].close()
+                connection = await asyncio.open_connection(self.host, self.port)
+                return await self._exchange(connection, method, path, body, content_type)
         finally:
-            self.idle.put_nowait((reader, writer))
+            self.idle.put_nowait(connection)
+
+    async def _exchange(
+        self,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        method: str,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> tuple[int, bytes]:
+        reader, writer = connection
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        header = await reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in lines
+            if line.lower().startswith("content-length")
+        )
+        return status, await reader.readexactly(length)

@@ -24,12 +24,18 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from app.core.config import Settings
 from app.core.resources import create_store
 from app.core.storage import ImageStore, image_key
-from bench.harness import KeepAliveClient, app_process, fresh_database, latencies, postgres_server
+from bench.harness import (
+    KeepAliveClient,
+    RunningApp,
+    cpu_seconds,
+    fresh_database,
+    latencies,
+    postgres_server,
+    running_app,
+)
 from bench.seaweedfs import seaweedfs_server
 from bench.upload import BOUNDARY, multipart, photo_jpeg, variant
 
@@ -37,16 +43,6 @@ BACKENDS = ("local", "s3")
 BLOCKS = 4
 STORE_OPERATIONS = 100
 CONCURRENCY = 8
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User + system CPU time of `processes` and their children so far."""
-    total = 0.0
-    for process in processes:
-        for member in [process, *process.children(recursive=True)]:
-            times = member.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 @dataclass
@@ -69,18 +65,22 @@ class Tally:
 
 async def measured(
     tally: Tally,
-    server: psutil.Process,
-    store_process: psutil.Process | None,
+    server: RunningApp,
+    store_pid: int | None,
     run: Callable[[], Awaitable[int]],
 ) -> None:
-    """Run one block and add its count, wall time and CPU to `tally`."""
-    stores = [store_process] if store_process else []
-    cpu_before, store_before = cpu_seconds([server]), cpu_seconds(stores)
+    """Run one block and add its count, wall time and CPU to `tally` (the store's CPU when it
+    runs in a process of its own, `store_pid`)."""
+
+    def store_cpu() -> float:
+        return 0.0 if store_pid is None else cpu_seconds(store_pid)
+
+    cpu_before, store_before = server.cpu_seconds(), store_cpu()
     started = time.perf_counter()
     tally.count += await run()
     tally.seconds += time.perf_counter() - started
-    tally.server_cpu += cpu_seconds([server]) - cpu_before
-    tally.store_cpu += cpu_seconds(stores) - store_before
+    tally.server_cpu += server.cpu_seconds() - cpu_before
+    tally.store_cpu += store_cpu() - store_before
 
 
 async def store_cost(store: ImageStore, jpeg: bytes) -> tuple[float, float]:
@@ -130,10 +130,9 @@ async def run() -> None:
         s3_folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-s3-"))
         seaweed = stack.enter_context(seaweedfs_server(Path(s3_folder)))
         assert seaweed.process is not None
-        weed = psutil.Process(seaweed.process.pid)
         s3_environment = seaweed.server.environment("bench-storage")
         clients: dict[str, KeepAliveClient] = {}
-        servers: dict[str, psutil.Process] = {}
+        servers: dict[str, RunningApp] = {}
         for backend in BACKENDS:
             url = await fresh_database(server_dsn, f"image_bench_storage_{backend}")
             environment = {
@@ -141,10 +140,11 @@ async def run() -> None:
                 "WORKERS": "1",
                 **(s3_environment if backend == "s3" else {}),
             }
-            base_url, process = await stack.enter_async_context(app_process(environment))
-            servers[backend] = psutil.Process(process.pid)
-            clients[backend] = await stack.enter_async_context(KeepAliveClient(base_url, 9))
-        stores = {"s3": weed, "local": None}
+            servers[backend] = await stack.enter_async_context(running_app(environment))
+            clients[backend] = await stack.enter_async_context(
+                KeepAliveClient(servers[backend].url, 9)
+            )
+        stores = {"s3": seaweed.process.pid, "local": None}
 
         for name, size in SIZES.items():
             for _ in range(BLOCKS):

@@ -3,6 +3,7 @@ its own, sharing one PostgreSQL and one bucket (a real S3 server, SeaweedFS)."""
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -14,7 +15,7 @@ from sqlalchemy import URL, func, select, text
 
 from app.core.database import create_engine, transaction
 from app.models.image import images
-from bench.harness import app_process
+from bench.harness import running_app
 from bench.seaweedfs import S3Server
 from tests.support.app import DatabaseFactory
 from tests.support.cli import run_cli
@@ -51,9 +52,9 @@ async def replicas(
     async with AsyncExitStack() as stack:
         clients = []
         for _ in range(2):  # each in a temporary DATA_DIR of its own
-            base_url, _ = await stack.enter_async_context(app_process(environment))
+            app = await stack.enter_async_context(running_app(environment))
             clients.append(
-                await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=30))
+                await stack.enter_async_context(httpx.AsyncClient(base_url=app.url, timeout=30))
             )
         yield Replicas(clients[0], clients[1], environment, url, prefix)
 
@@ -141,8 +142,8 @@ async def test_a_replica_killed_mid_upload_leaves_no_orphan_after_the_sweep(
     keys_before = set(image_keys(replicas.keys(s3_server)))
     engine = create_engine(replicas.url)
     async with AsyncExitStack() as stack:
-        base_url, process = await stack.enter_async_context(app_process(replicas.environment))
-        victim = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=30))
+        app = await stack.enter_async_context(running_app(replicas.environment))
+        victim = await stack.enter_async_context(httpx.AsyncClient(base_url=app.url, timeout=30))
         # Inserts wait behind this lock, so the upload stops between writing its object and
         # inserting its row: the moment the replica is killed.
         blocker = await stack.enter_async_context(engine.connect())
@@ -153,7 +154,7 @@ async def test_a_replica_killed_mid_upload_leaves_no_orphan_after_the_sweep(
             while not set(image_keys(replicas.keys(s3_server))) - keys_before:
                 assert time.monotonic() < deadline, "the upload never wrote its object"
                 await asyncio.sleep(0.05)
-            process.kill()
+            os.kill(app.pid, signal.SIGKILL)
             with pytest.raises(httpx.TransportError):
                 await upload
     await engine.dispose()

@@ -4,9 +4,11 @@ import asyncio
 import os
 from pathlib import Path
 
+from app.cli.admin import check_summary
 from app.core.database import create_engine
 from app.core.local_store import LocalImageStore
 from app.core.storage import image_key
+from app.services.consistency import StorageReport
 from tests.support.app import DatabaseFactory, app_client, settings_on_new_database
 from tests.support.cli import run_cli
 from tests.support.database import image_row
@@ -54,14 +56,44 @@ async def test_check_reports_and_repairs_orphans_and_missing_files(
     assert code == 1
     assert f"file without a row: ab/ab/{'ab' * 32}.jpg" in report
     assert "staging leftover: upload.part" in report
-    assert f"row without a file: {lost['id']}" in report
+    assert f"row without a file: {lost['id']} (b.jpg)" in report
+    summary = report.splitlines()[-1]
+    assert summary == (
+        "check: 1 staging leftover, 1 file without a row, 1 row without a file "
+        "(`check --repair` removes the leftovers and the files without a row)"
+    )
 
     code, report = await run_cli(["check", "--repair"], environment, stream="stdout")
     assert code == 1  # the row without its file is reported, never deleted
-    assert "2 files removed" in report
+    assert report.splitlines()[-1] == (
+        "check: removed 1 staging leftover and 1 file without a row; 1 row without a file"
+    )
     assert not orphan.exists() and not leftover.exists()
     assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == len(files) - 1
     assert kept["id"] not in report
+
+    code, report = await run_cli(["check"], environment, stream="stdout")
+    assert code == 1
+    assert report.splitlines()[-1] == (
+        "check: no staging leftovers, no files without a row, 1 row without a file"
+    )
+
+
+def test_the_check_summary_counts_thumbnails_without_a_row_only_when_there_are_some() -> None:
+    thumbnails = StorageReport(orphan_thumbnails=["ab/ab/x-64.jpeg", "ab/ab/x-256.webp"])
+
+    assert check_summary(thumbnails, repaired=False) == (
+        "no staging leftovers, no files without a row, 2 thumbnails without a row, "
+        "no rows without a file "
+        "(`check --repair` removes the leftovers and the files without a row)"
+    )
+    assert check_summary(thumbnails, repaired=True) == (
+        "removed no staging leftovers, no files without a row and 2 thumbnails without a row; "
+        "no rows without a file"
+    )
+    assert check_summary(StorageReport(), repaired=False) == (
+        "no staging leftovers, no files without a row, no rows without a file"
+    )
 
 
 async def test_the_sweep_at_start_up_removes_old_leftovers_but_not_fresh_files(

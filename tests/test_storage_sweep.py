@@ -64,8 +64,8 @@ async def test_the_sweep_compares_page_by_page_and_removes_only_old_orphans(
 
     assert report.orphan_files == [image_key(h[2], ".jpg"), image_key(h[5], ".jpg")]
     assert report.orphan_thumbnails == [thumbnail_key(h[6], 64, "jpeg")]
-    assert sorted(report.missing_files) == sorted(missing.values())
-    assert not set(report.missing_files) & set(kept.values())
+    assert sorted(row.id for row in report.missing_files) == sorted(missing.values())
+    assert not {row.id for row in report.missing_files} & set(kept.values())
     assert repaired.removed == 3
     assert await keys(store) == sorted(
         [thumbnail_key(h[1], 64, "jpeg")] + [image_key(h[n], ".jpg") for n in (1, 4, 7, 8)]

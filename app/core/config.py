@@ -59,8 +59,16 @@ class Settings(BaseSettings):
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
-    # When set, /api/v1/health/detailed and /metrics require `Authorization: Bearer <token>`.
+    # When set, /api/v1/health/detailed and /metrics require `Authorization: Bearer <token>`
+    # (or an admin API key); the token is an admin credential everywhere.
     ADMIN_TOKEN: SecretStr | None = None
+    # true: /metrics also has a `*_created` series (start time) for every counter and histogram.
+    METRICS_CREATED_SERIES: bool = False
+    # Access (README, "Access and limits"): true = every /api/v1/images request needs an API
+    # key of the right scope. Keys are read from the database, and remembered this long (a
+    # revoked key stops working on every replica within this time; 0 = read on every request).
+    AUTH_REQUIRED: bool = False
+    API_KEY_CACHE_SECONDS: float = Field(default=5.0, ge=0, le=300)
     CORS_ORIGINS: Annotated[list[str], NoDecode] = [
         "http://localhost:3000",
         "http://localhost:8080",
@@ -128,6 +136,9 @@ class Settings(BaseSettings):
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
     IMAGE_WORKERS: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256)
+    # Uploads and searches by upload that may wait for one of the IMAGE_WORKERS (per process);
+    # beyond that they are refused with 503 and Retry-After before their body is read.
+    UPLOAD_QUEUE_LIMIT: int = Field(default=16, ge=0, le=100_000)
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod

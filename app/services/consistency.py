@@ -15,6 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,12 +38,19 @@ logger = logging.getLogger(__name__)
 SWEEP_LOCK = 0x1A6E5EE9
 
 
+class MissingFile(NamedTuple):
+    """A row whose file is gone: its id and the filename it was uploaded as."""
+
+    id: uuid.UUID
+    filename: str
+
+
 @dataclass
 class StorageReport:
     staging_leftovers: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)  # image objects without a row
     orphan_thumbnails: list[str] = field(default_factory=list)
-    missing_files: list[uuid.UUID] = field(default_factory=list)  # rows without an object
+    missing_files: list[MissingFile] = field(default_factory=list)  # rows without an object
     removed: int = 0
 
     @property
@@ -92,13 +100,13 @@ async def check_storage(
     while True:
         rows = (
             await connection.execute(
-                select(images.c.id, images.c.content_hash)
+                select(images.c.id, images.c.content_hash, images.c.filename)
                 .where(images.c.content_hash > covered)
                 .order_by(images.c.content_hash)
                 .limit(LIST_PAGE_SIZE)
             )
         ).all()
-        report.missing_files.extend(image_id for image_id, _ in rows)
+        report.missing_files.extend(MissingFile(row.id, row.filename) for row in rows)
         if len(rows) < LIST_PAGE_SIZE:
             return report
         covered = rows[-1].content_hash
@@ -131,17 +139,17 @@ async def _report_rows_without_objects(
     """Report the rows whose hash lies in (after, up to] and whose object is not among
     `objects`; returns the hashes of every row in that range."""
     after, up_to = hashes
-    query = select(images.c.id, images.c.content_hash, images.c.file_path).where(
+    query = select(images.c.id, images.c.content_hash, images.c.file_path, images.c.filename).where(
         images.c.content_hash > after
     )
     if up_to is not None:
         query = query.where(images.c.content_hash <= up_to)
     known: set[str] = set()
-    for image_id, content_hash, file_path in await connection.execute(query):
+    for image_id, content_hash, file_path, filename in await connection.execute(query):
         known.add(content_hash)
         listed = objects.get(content_hash)
         if file_path is None or listed is None or listed.key != file_path:
-            report.missing_files.append(image_id)
+            report.missing_files.append(MissingFile(image_id, filename))
     return known
 
 

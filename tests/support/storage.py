@@ -1,7 +1,5 @@
 """Looking inside the image store: what the sweep would report, and the keys in a bucket."""
 
-import uuid
-
 import obstore
 from sqlalchemy import URL
 
@@ -9,12 +7,12 @@ from app.core.config import Settings
 from app.core.database import create_engine
 from app.core.resources import create_store
 from app.core.storage import image_key_hash, thumbnail_key_hash
-from app.services.consistency import check_storage
+from app.services.consistency import MissingFile, check_storage
 from bench.seaweedfs import S3Server
 from tests.support.database import row_count
 
 
-async def storage_state(settings: Settings, url: URL) -> tuple[int, list[str], list[uuid.UUID]]:
+async def storage_state(settings: Settings, url: URL) -> tuple[int, list[str], list[MissingFile]]:
     """(rows, objects without rows, rows without objects), whatever their age."""
     engine = create_engine(url)
     try:

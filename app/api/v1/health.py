@@ -4,11 +4,12 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 
-from app.api.deps import ResourcesDep, require_admin
+from app.api.access import requires
+from app.api.deps import ResourcesDep
 from app.core.config import SERVICE_VERSION
-from app.errors import NOT_AUTHORIZED, error_responses
+from app.errors import ACCESS_ERRORS, error_responses
 from app.schemas.health import (
     DatabaseHealth,
     DetailedHealth,
@@ -50,10 +51,10 @@ async def health(resources: ResourcesDep, response: Response) -> HealthStatus:
     "/detailed",
     response_model=DetailedHealth,
     summary="Database, pgvector, storage, image count, embedding and uptime",
-    dependencies=[Depends(require_admin)],
+    dependencies=[requires("admin")],
     responses={
         503: {"model": DetailedHealth, "description": "The database or the store is unavailable"},
-        **error_responses(NOT_AUTHORIZED),
+        **error_responses(*ACCESS_ERRORS),
     },
 )
 async def detailed_health(resources: ResourcesDep, response: Response) -> DetailedHealth:

@@ -1,4 +1,5 @@
-"""Image endpoints: upload, read, list, similar, delete."""
+"""Image endpoints: upload, read, list, similar, delete. Each declares the key scope it needs
+(enforced by app/api/access.py when AUTH_REQUIRED is on)."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -8,6 +9,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, 
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import AwareDatetime
 
+from app.api.access import requires
 from app.api.deps import (
     ConnectionDep,
     ImageId,
@@ -20,6 +22,7 @@ from app.api.deps import (
 )
 from app.core.storage import ByteRange, content_disposition
 from app.errors import (
+    ACCESS_ERRORS,
     DATABASE_UNAVAILABLE,
     EMBEDDING_OUTDATED,
     IMAGE_FILE_MISSING,
@@ -49,12 +52,13 @@ router = APIRouter()
 
 @router.post(
     "/upload",
+    dependencies=[requires("write")],
     status_code=status.HTTP_201_CREATED,
     response_model=ImageUploadResponse,
     summary="Upload an image",
     responses={
         200: {"model": ImageUploadResponse, "description": "These bytes were already stored"},
-        **error_responses(*UPLOAD_ERRORS, STORAGE_UNAVAILABLE, STORAGE_FULL),
+        **error_responses(*ACCESS_ERRORS, *UPLOAD_ERRORS, STORAGE_UNAVAILABLE, STORAGE_FULL),
     },
 )
 async def upload_image(
@@ -89,12 +93,15 @@ async def upload_image(
     )
 
 
+# Registered with and without the trailing slash: both answer directly, no redirect.
 @router.get(
     "/",
+    dependencies=[requires("read")],
     response_model=ImageList,
     summary="List images, newest first",
-    responses=error_responses(VALIDATION_ERROR, DATABASE_UNAVAILABLE),
+    responses=error_responses(*ACCESS_ERRORS, VALIDATION_ERROR, DATABASE_UNAVAILABLE),
 )
+@router.get("", response_model=ImageList, include_in_schema=False)
 async def list_images(
     connection: ConnectionDep,
     skip: Skip = 0,
@@ -126,9 +133,12 @@ async def list_images(
 
 @router.get(
     "/{image_id}",
+    dependencies=[requires("read")],
     response_model=ImageRead,
     summary="Get an image's metadata",
-    responses=error_responses(IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE),
+    responses=error_responses(
+        *ACCESS_ERRORS, IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+    ),
 )
 async def get_image(image_id: ImageId, connection: ConnectionDep) -> ImageRead:
     return ImageRead.model_validate(await images.get_image(connection, image_id))
@@ -136,10 +146,11 @@ async def get_image(image_id: ImageId, connection: ConnectionDep) -> ImageRead:
 
 @router.get(
     "/{image_id}/similar",
+    dependencies=[requires("read")],
     response_model=SimilarImagesResponse,
     summary="Find the stored images most similar to this one",
     responses=error_responses(
-        IMAGE_NOT_FOUND, EMBEDDING_OUTDATED, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+        *ACCESS_ERRORS, IMAGE_NOT_FOUND, EMBEDDING_OUTDATED, VALIDATION_ERROR, DATABASE_UNAVAILABLE
     ),
 )
 async def find_similar_images(
@@ -158,10 +169,13 @@ async def find_similar_images(
 
 @router.delete(
     "/{image_id}",
+    dependencies=[requires("write")],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete an image and its file",
-    responses=error_responses(IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE),
+    responses=error_responses(
+        *ACCESS_ERRORS, IMAGE_NOT_FOUND, VALIDATION_ERROR, DATABASE_UNAVAILABLE
+    ),
 )
 async def delete_image(
     image_id: ImageId, connection: ConnectionDep, resources: ResourcesDep
@@ -171,9 +185,10 @@ async def delete_image(
 
 @router.post(
     "/search",
+    dependencies=[requires("read")],
     response_model=SimilarImagesResponse,
     summary="Find the stored images most similar to an uploaded image, without storing it",
-    responses=error_responses(*UPLOAD_ERRORS),
+    responses=error_responses(*ACCESS_ERRORS, *UPLOAD_ERRORS),
 )
 async def search_by_image(
     file: Annotated[UploadFile, File(description="The image to search with; it is not stored")],
@@ -220,6 +235,7 @@ _IMAGE_CONTENT: dict[str, Any] = {
 
 @router.get(
     "/{image_id}/file",
+    dependencies=[requires("read")],
     response_class=StreamingResponse,
     summary="The original file, as uploaded",
     responses={
@@ -228,6 +244,7 @@ _IMAGE_CONTENT: dict[str, Any] = {
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         307: {"description": "FILE_REDIRECT=signed: a short-lived signed URL of the object"},
         **error_responses(
+            *ACCESS_ERRORS,
             IMAGE_NOT_FOUND,
             IMAGE_FILE_MISSING,
             RANGE_NOT_SATISFIABLE,
@@ -302,6 +319,7 @@ def _byte_range(header: str | None, size: int) -> ByteRange | None:
 
 @router.get(
     "/{image_id}/thumbnail",
+    dependencies=[requires("read")],
     response_class=Response,
     summary="A thumbnail, EXIF orientation applied (cached)",
     responses={
@@ -311,6 +329,7 @@ def _byte_range(header: str | None, size: int) -> ByteRange | None:
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(
+            *ACCESS_ERRORS,
             IMAGE_NOT_FOUND,
             IMAGE_FILE_MISSING,
             VALIDATION_ERROR,
