@@ -89,6 +89,9 @@ STORAGE_UNAVAILABLE = ErrorKind(
     503, "storage_unavailable", "Image storage is unavailable; retry after Retry-After", _RETRY
 )
 STORAGE_FULL = ErrorKind(507, "storage_full", "No space left to store the image", _RETRY)
+RANGE_NOT_SATISFIABLE = ErrorKind(
+    416, "range_not_satisfiable", "The Range header starts past the end of the file"
+)
 BAD_REQUEST = ErrorKind(400, "bad_request", "Malformed request body")
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "An unexpected error (logged with its id)")
 # Statuses Starlette raises itself (unknown path, wrong method, ...): their codes.
@@ -112,6 +115,7 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     DATABASE_UNAVAILABLE,
     STORAGE_UNAVAILABLE,
     STORAGE_FULL,
+    RANGE_NOT_SATISFIABLE,
     BAD_REQUEST,
     INTERNAL_ERROR,
 )
@@ -122,9 +126,10 @@ class ServiceError(Exception):
 
     kind: ClassVar[ErrorKind] = INTERNAL_ERROR
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # besides the kind's own
 
     @property
     def code(self) -> str:
@@ -195,6 +200,16 @@ class StorageUnavailable(ServiceError):
         super().__init__("Image storage is unavailable; retry shortly")
 
 
+class RangeNotSatisfiable(ServiceError):
+    kind = RANGE_NOT_SATISFIABLE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"The file has {size} bytes; the range asked for starts past them",
+            {"Content-Range": f"bytes */{size}"},
+        )
+
+
 class SchemaMismatch(Exception):
     """The database schema does not match the configuration (start-up only, never an answer)."""
 
@@ -246,7 +261,8 @@ def error_response(
     **extra: object,
 ) -> JSONResponse:
     """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers
-    (`headers` replaces some of them: a Retry-After worked out for this request)."""
+    (`headers` adds to them or replaces some: a Retry-After worked out for this request, the
+    Content-Range of a range past the end)."""
     request.state.error_code = kind.code  # for the metrics of refused uploads
     return JSONResponse(
         {"detail": detail, "code": kind.code, **extra},
@@ -267,7 +283,7 @@ def add_error_handlers(
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.kind, exc.detail)
+        return error_response(request, exc.kind, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,10 +44,19 @@ def libpq_dsn(url: URL) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now (held together while chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def listening_processes(pid: int, port: int) -> int:
@@ -72,29 +81,35 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
     raise RuntimeError(f"fewer than {count} processes listen on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and its children (a server's
+    workers, a store's helpers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @dataclass(frozen=True)
 class RunningApp:
     url: str
     pid: int
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the server and its worker processes: what
-        the benchmarks divide by the requests served, steadier than throughput on a shared
-        machine."""
-        root = psutil.Process(self.pid)
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        """CPU time used so far by the server and its worker processes: what the benchmarks
+        divide by the requests served, steadier than throughput on a shared machine."""
+        return cpu_seconds(self.pid)
 
 
 @asynccontextmanager
 async def running_app(
     environment: dict[str, str], checkout: Path = ROOT
 ) -> AsyncIterator[RunningApp]:
-    """`python -m app serve` in its own process (as in production), once it is ready.
+    """`python -m app serve` in its own process (as in production), once it is ready; its URL
+    and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""

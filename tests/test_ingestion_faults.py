@@ -12,34 +12,16 @@ from pathlib import Path
 
 import httpx
 import psutil
-from sqlalchemy import URL, make_url
+from sqlalchemy import make_url
 
-from app.core.config import Settings
-from app.core.database import create_engine
 from app.core.embedded_postgres import EmbeddedPostgres
-from app.core.resources import create_store
-from app.services.consistency import MissingFile, check_storage
 from bench.harness import free_port
 from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
-from tests.support.database import row_count
 from tests.support.images import encode, jpeg_bytes, scene
 from tests.support.live_server import live_server, wait_until_ready
+from tests.support.storage import storage_state
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], list[MissingFile]]:
-    """(rows, files without rows, rows without files)."""
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            rows = await row_count(connection)
-            report = await check_storage(
-                connection, store=create_store(settings), repair=False, min_age_seconds=-1
-            )
-    finally:
-        await engine.dispose()
-    return rows, report.orphan_files, report.missing_files
 
 
 async def test_concurrent_identical_uploads_store_one_row_and_one_file(
@@ -58,7 +40,7 @@ async def test_concurrent_identical_uploads_store_one_row_and_one_file(
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [200] * 7 + [201]
     assert len({response.json()["id"] for response in responses}) == 1
-    rows, orphans, missing = await stored_state(settings, url)
+    rows, orphans, missing = await storage_state(settings, url)
     assert (rows, orphans, missing) == (1, [], [])
     assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == 1
 
@@ -86,7 +68,7 @@ async def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=base_url) as client:
             assert (await client.get("/api/v1/health/live")).status_code == 200
-    rows, orphans, missing = await stored_state(settings, url)
+    rows, orphans, missing = await storage_state(settings, url)
     assert (rows, orphans, missing) == (0, [], [])
     assert [p for p in settings.image_dir.rglob("*") if p.is_file()] == []
 
@@ -150,7 +132,7 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
 
         dsn = EmbeddedPostgres(settings.embedded_pgdata_dir).start()  # the one running
         url = make_url(dsn).set(drivername="postgresql+asyncpg", database=settings.POSTGRES_DB)
-        rows, orphans, missing = await stored_state(settings, url)
+        rows, orphans, missing = await storage_state(settings, url)
 
     assert set(statuses) <= {201, 503}, statuses
     assert ready
