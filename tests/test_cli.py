@@ -147,7 +147,7 @@ async def test_search_prints_the_most_similar_images_as_a_table(
     assert 0.9 < score < 0.9999
     assert strict.splitlines()[-1] == "0 similar image(s)"
     assert lenient.splitlines()[1:] == lines[1:]
-    assert missing_code == 1 and "nope.jpg" in message
+    assert (missing_code, message.strip()) == (1, f"error: {tmp_path / 'nope.jpg'} is not a file")
 
 
 async def test_help_loads_none_of_the_heavy_libraries() -> None:
