@@ -38,8 +38,34 @@ _RETRY = {"Retry-After": RETRY_AFTER_SECONDS}
 NOT_AUTHORIZED = ErrorKind(
     401,
     "not_authorized",
-    "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`",
+    "The request needs an API key (`Authorization: Bearer <key>` or `X-API-Key`): "
+    "AUTH_REQUIRED is on, or ADMIN_TOKEN guards this endpoint",
     {"WWW-Authenticate": "Bearer"},
+)
+INVALID_API_KEY = ErrorKind(
+    401,
+    "invalid_api_key",
+    "The API key (or ADMIN_TOKEN) sent is unknown or revoked",
+    {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+)
+INSUFFICIENT_SCOPE = ErrorKind(
+    403,
+    "insufficient_scope",
+    "The API key's scope does not allow this request (read < write < admin)",
+    {"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+)
+RATE_LIMITED = ErrorKind(
+    429,
+    "rate_limited",
+    "The API key has used up its request rate; retry after Retry-After seconds",
+    {"Retry-After": "1"},
+)
+SERVER_BUSY = ErrorKind(
+    503,
+    "server_busy",
+    "Too many images are waiting to be decoded (UPLOAD_QUEUE_LIMIT); refused before the body "
+    "was read; retry after Retry-After seconds",
+    {"Retry-After": "1"},
 )
 IMAGE_NOT_FOUND = ErrorKind(404, "image_not_found", "No image with this id")
 IMAGE_FILE_MISSING = ErrorKind(
@@ -65,6 +91,9 @@ STORAGE_UNAVAILABLE = ErrorKind(
     503, "storage_unavailable", "Image storage is unavailable; retry after Retry-After", _RETRY
 )
 STORAGE_FULL = ErrorKind(507, "storage_full", "No space left to store the image", _RETRY)
+RANGE_NOT_SATISFIABLE = ErrorKind(
+    416, "range_not_satisfiable", "The Range header starts past the end of the file"
+)
 BAD_REQUEST = ErrorKind(400, "bad_request", "Malformed request body")
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "An unexpected error (logged with its id)")
 # Statuses Starlette raises itself (unknown path, wrong method, ...): their codes.
@@ -72,6 +101,10 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 ERROR_KINDS: tuple[ErrorKind, ...] = (
     NOT_AUTHORIZED,
+    INVALID_API_KEY,
+    INSUFFICIENT_SCOPE,
+    RATE_LIMITED,
+    SERVER_BUSY,
     IMAGE_NOT_FOUND,
     IMAGE_FILE_MISSING,
     EMBEDDING_OUTDATED,
@@ -84,6 +117,7 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     DATABASE_UNAVAILABLE,
     STORAGE_UNAVAILABLE,
     STORAGE_FULL,
+    RANGE_NOT_SATISFIABLE,
     BAD_REQUEST,
     INTERNAL_ERROR,
 )
@@ -94,20 +128,14 @@ class ServiceError(Exception):
 
     kind: ClassVar[ErrorKind] = INTERNAL_ERROR
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # besides the kind's own
 
     @property
     def code(self) -> str:
         return self.kind.code
-
-
-class NotAuthorized(ServiceError):
-    kind = NOT_AUTHORIZED
-
-    def __init__(self) -> None:
-        super().__init__("This endpoint needs `Authorization: Bearer <ADMIN_TOKEN>`")
 
 
 class ImageNotFound(ServiceError):
@@ -174,8 +202,25 @@ class StorageUnavailable(ServiceError):
         super().__init__("Image storage is unavailable; retry shortly")
 
 
+class RangeNotSatisfiable(ServiceError):
+    kind = RANGE_NOT_SATISFIABLE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"The file has {size} bytes; the range asked for starts past them",
+            {"Content-Range": f"bytes */{size}"},
+        )
+
+
 class SchemaMismatch(Exception):
     """The database schema does not match the configuration (start-up only, never an answer)."""
+
+
+class KeyNameTaken(Exception):
+    """An active API key already has this name (the command line's, never an answer)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an active key is already named {name!r}; revoke it first")
 
 
 def error_responses(*kinds: ErrorKind) -> dict[int | str, dict[str, Any]]:
@@ -192,8 +237,12 @@ def error_responses(*kinds: ErrorKind) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# What a route that needs a key can be refused with (app/api/access.py).
+ACCESS_ERRORS = (NOT_AUTHORIZED, INVALID_API_KEY, INSUFFICIENT_SCOPE, RATE_LIMITED)
+
 # What an upload can be refused with, for the routes that read an image from the request.
 UPLOAD_ERRORS = (
+    SERVER_BUSY,
     BAD_REQUEST,
     FILE_TOO_LARGE,
     UNSUPPORTED_IMAGE_FORMAT,
@@ -215,13 +264,22 @@ def unexpected_error_response() -> JSONResponse:
     return JSONResponse(body, status_code=INTERNAL_ERROR.status)
 
 
-def error_response(request: Request, kind: ErrorKind, detail: str, **extra: object) -> JSONResponse:
-    """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers."""
+def error_response(
+    request: Request,
+    kind: ErrorKind,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers
+    (`headers` adds to them or replaces some: a Retry-After worked out for this request, the
+    Content-Range of a range past the end)."""
     request.state.error_code = kind.code  # for the metrics of refused uploads
     return JSONResponse(
         {"detail": detail, "code": kind.code, **extra},
         status_code=kind.status,
-        headers=dict(kind.headers) or None,
+        headers={**kind.headers, **(headers or {})} or None,
     )
 
 
@@ -260,7 +318,7 @@ def add_error_handlers(
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.kind, exc.detail)
+        return error_response(request, exc.kind, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,6 +2,7 @@
 latency statistics."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,10 +44,19 @@ def libpq_dsn(url: URL) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now (held together while chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def listening_processes(pid: int, port: int) -> int:
@@ -81,9 +92,35 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
     raise RuntimeError(f"fewer than {count} processes listen on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and its children (a server's
+    workers, a store's helpers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its worker processes: what the benchmarks
+        divide by the requests served, steadier than throughput on a shared machine."""
+        return cpu_seconds(self.pid)
+
+
 @asynccontextmanager
-async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> AsyncIterator[str]:
-    """`python -m app serve` in its own process (as in production); yields its base URL.
+async def running_app(
+    environment: dict[str, str], checkout: Path = ROOT
+) -> AsyncIterator[RunningApp]:
+    """`python -m app serve` in its own process (as in production), once it is ready; its URL
+    and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""
@@ -116,7 +153,7 @@ async def running_app(environment: dict[str, str], checkout: Path = ROOT) -> Asy
                 else:
                     raise RuntimeError("the app did not become ready")
             await wait_for_listeners(process.pid, port, int(env.get("WORKERS", "1")))
-            yield base_url
+            yield RunningApp(base_url, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -191,6 +228,10 @@ class KeepAliveClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
+        """Send one request on an idle connection; its status and body. A connection the server
+        closed before answering is replaced and the request sent once more; one it closed
+        after its answer began is an error; one whose answer says `Connection: close` is not
+        used again."""
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
         if body:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"

@@ -59,8 +59,8 @@ async def measure(checkout: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as data_dir:
         environment = {"DATA_DIR": data_dir}
         async with (
-            running_app(environment, checkout) as base_url,
-            httpx.AsyncClient(base_url=base_url, timeout=60) as client,
+            running_app(environment, checkout) as app,
+            httpx.AsyncClient(base_url=app.url, timeout=60) as client,
         ):
             upload = await client.post("/api/v1/images/upload", files={"file": ("a.jpg", picture)})
             calls = requests(upload.json()["id"])

@@ -13,7 +13,7 @@ router = APIRouter()
 @router.get(
     "/info", response_model=ServiceInfo, summary="Service version, upload limits, embedding"
 )
-# HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
+# HEAD too: the original description's troubleshooting guide checks it with `curl -I`.
 @router.head("/info", include_in_schema=False)
 async def service_info(resources: ResourcesDep) -> ServiceInfo:
     settings, embedder = resources.settings, resources.embedder

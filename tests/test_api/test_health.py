@@ -24,7 +24,10 @@ async def test_health_answers_200_with_and_without_trailing_slash(client: AsyncC
 async def test_live_and_ready_answer_200(client: AsyncClient) -> None:
     assert (await client.get("/api/v1/health/live")).json() == {"status": "alive"}
     ready = await client.get("/api/v1/health/ready")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "database": "ok"})
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ready", "database": "ok", "storage": "ok"},
+    )
 
 
 async def test_detailed_health_reports_database_pgvector_and_embedding(

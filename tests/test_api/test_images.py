@@ -300,6 +300,20 @@ async def test_list_images_pages_newest_first(client: AsyncClient) -> None:
     assert [item["id"] for item in second_page["items"]] == [ids[0]]
 
 
+async def test_list_images_answers_with_and_without_the_trailing_slash(
+    client: AsyncClient,
+) -> None:
+    stored = (await upload(client, jpeg_bytes(seed=1))).json()["id"]
+
+    with_slash = await client.get("/api/v1/images/?limit=5")
+    without_slash = await client.get("/api/v1/images?limit=5")
+
+    assert with_slash.status_code == without_slash.status_code == 200  # no 307 redirect
+    assert with_slash.json() == without_slash.json()
+    assert [item["id"] for item in without_slash.json()["items"]] == [stored]
+    assert without_slash.json()["limit"] == 5
+
+
 async def test_list_images_defaults(client: AsyncClient) -> None:
     body = (await client.get("/api/v1/images/")).json()
     assert body == {"items": [], "total": 0, "skip": 0, "limit": 20}

@@ -69,6 +69,23 @@ async def test_metrics_count_requests_uploads_and_images(client: AsyncClient) ->
     assert "images_stored 1.0" in text
 
 
+async def test_metrics_leave_out_the_created_series_unless_asked(
+    make_client: MakeClient,
+) -> None:
+    async with make_client() as client:
+        await client.get("/api/v1/health/live")
+        default = (await client.get("/metrics")).text
+    async with make_client(METRICS_CREATED_SERIES=True) as client:
+        await client.get("/api/v1/health/live")
+        asked = (await client.get("/metrics")).text
+
+    assert "_created" not in default
+    assert 'http_requests_total{method="GET",route="/api/v1/health/live",status="200"}' in default
+    # A counter's series is `<name>_created`, without its `_total`.
+    assert 'http_requests_created{method="GET",route="/api/v1/health/live"' in asked
+    assert "http_request_duration_seconds_created" in asked
+
+
 async def test_metrics_name_the_route_that_served_the_request(client: AsyncClient) -> None:
     # /search and /{image_id} share a prefix: a literal path must not be counted under the
     # parameter template, nor the reverse.
