@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-dev install-bench bench clean
+.PHONY: run test lint install install-dev install-bench bench s3-server clean
 
 $(BIN)/python:
+	@echo "Creating a virtual environment in $(VENV) and updating pip..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Stamp files: reinstall only when a requirements file changes.
+# Stamp files: reinstall only when a requirements file changes. pip is quiet for minutes on a
+# first install: say what is happening first.
 $(VENV)/.installed: requirements.txt | $(BIN)/python
+	@echo "Installing the service's packages (requirements.txt) into $(VENV); the first time takes a few minutes..."
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	@echo "Installing the service's packages and the test tools (requirements-dev.txt) into $(VENV); the first time takes a few minutes..."
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
@@ -22,12 +26,21 @@ install: $(VENV)/.installed
 
 # Optional: what the benchmarks in bench/ need (photo sets, pHash).
 install-bench: $(VENV)/.installed-dev
+	@echo "Installing what the benchmarks need (requirements-bench.txt) into $(VENV)..."
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 
 install-dev: $(VENV)/.installed-dev
 
+# Ctrl-C reaches make, the shell and the server alike. The shell waits for the server's graceful
+# stop (the trap), and the server's status 130 (stopped by Ctrl-C) is no failure for make to
+# report with a "make: *** ... Error 130" line; make then ends as interrupted.
 run: install
-	$(BIN)/python -m app serve
+	@trap : INT; $(BIN)/python -m app serve || [ $$? -eq 130 ]
+
+# A local S3 store for a demo of STORAGE_BACKEND=s3 (SeaweedFS, bucket in ./data/s3); it prints
+# the settings to start the service with.
+s3-server: install-dev
+	$(BIN)/python -m bench.seaweedfs
 
 lint: install-dev
 	$(BIN)/ruff format --check app tests bench

@@ -42,3 +42,21 @@ CREATE INDEX IF NOT EXISTS images_upload_timestamp_idx ON images (upload_timesta
 -- index must not be built on an empty table. The service builds it at start-up, by default:
 --   CREATE INDEX images_embedding_vector_idx ON images
 --       USING hnsw (embedding_vector vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+
+-- API keys (README, "Access and limits"). Only the SHA-256 digest of a key is stored, never the
+-- key. A name belongs to one active key at a time; a revoked key keeps its row (and its name
+-- may be given to a new key).
+CREATE TABLE IF NOT EXISTS api_keys (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(64) NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]*$'),
+    scope VARCHAR(8) NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    key_digest CHAR(64) NOT NULL,
+    rate_limit DOUBLE PRECISION CHECK (rate_limit > 0),
+    burst INTEGER CHECK (burst > 0),
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    revoked_at TIMESTAMP WITH TIME ZONE,
+    CONSTRAINT api_keys_key_digest_key UNIQUE (key_digest)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name_idx ON api_keys (name)
+    WHERE revoked_at IS NULL;

@@ -22,7 +22,6 @@ without verification, by verification with it.
 """
 
 import argparse
-import io
 import tempfile
 import time
 from collections import defaultdict
@@ -33,12 +32,14 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps
+from PIL import Image
 
 from app.core.config import Settings
 from app.core.resources import create_named_embedder
 from app.imaging.analysis import analyse_image
 from app.imaging.embeddings import Embedder
+from app.imaging.formats import sniff_format
+from app.imaging.picture import as_displayed, open_image
 from app.imaging.verification import Evidence, LocalFeatures, verify
 from bench.edit_sets import HARD_EDITS, MILD_EDITS, Sample, nonphoto_samples, photo_samples
 
@@ -135,10 +136,7 @@ def evaluate(
 
 
 def hamming_similarity(samples: list[Sample], hasher: Callable[..., object]) -> NDArray[np.float64]:
-    hashes = [
-        hasher(ImageOps.exif_transpose(Image.open(io.BytesIO(s.data))).convert("RGB"))
-        for s in samples
-    ]
+    hashes = [hasher(decoded(s.data)) for s in samples]
     bits = np.stack([h.hash.ravel() for h in hashes]).astype(np.int32)  # type: ignore[attr-defined]
     distance = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
     # Hamming distances tie often; a fixed jitter below 1 breaks ties without favouring anyone.
@@ -162,8 +160,13 @@ def embed_all(embedder: Embedder, samples: list[Sample]) -> tuple[NDArray[np.flo
 
 
 def decoded(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as opened:
-        return ImageOps.exif_transpose(opened).convert("RGB")
+    """The picture as the service sees it (app/imaging/picture.py)."""
+    image_format = sniff_format(data)
+    assert image_format is not None, "the edit sets are JPEG and PNG"
+    with open_image(data, image_format) as opened:
+        opened.load()
+        picture = as_displayed(opened)
+        return picture.copy() if picture is opened else picture
 
 
 def trim_borders(image: Image.Image, tolerance: int = 12) -> Image.Image:

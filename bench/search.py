@@ -1,7 +1,11 @@
 """Similar-image search at scale: recall, latency of the raw SQL and of HTTP, index build.
 
 Loads N clustered vectors with COPY, builds the configured index, then
-- recall@10 of held-out query vectors against exact (numpy) search;
+- recall@10 of held-out query vectors against exact (numpy) search, through the service's own
+  statement: the mean and the tail (the share of queries at 0 and below 0.5);
+- for searches by 2,000 stored images: the self-hit rate of the first index scan (the query
+  image among its own candidates), how many the service retried wider, the self-hit after its
+  retries, and recall@10 of what it returns;
 - p50/p95/p99 latency of the service's own search statement run through asyncpg alone, and
   of GET /similar on the app running in its own process (a minimal keep-alive HTTP client),
   at concurrency 1 and 8, for the same stored query images,
@@ -11,16 +15,19 @@ Loads N clustered vectors with COPY, builds the configured index, then
 - the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint;
 - GET /similar with near-duplicate verification (the default: VERIFICATION_CANDIDATES
   candidates verified with their stored local features) against the same app with
-  VERIFY_NEAR_DUPLICATES=false, which runs the search exactly as before verification existed.
-  Every row carries the local features of one of 64 synthetic pictures (28 KB each, as real
-  ones), so verification reads and compares real-sized features; the candidates are unrelated
-  to the query, so each is tried as it is and mirrored, the slowest case.
+  VERIFY_NEAR_DUPLICATES=false, which runs the search exactly as before verification existed
+  (p50 and the server's CPU time per call, each app in its own process). Every row carries the
+  local features of one of 64 synthetic pictures (28 KB each, as real ones), so verification
+  reads and compares real-sized features; the candidates are unrelated to the query, so each
+  is tried as it is and mirrored, the slowest case.
 
     .venv/bin/python -m bench.search --rows 100000
+    .venv/bin/python -m bench.search --rows 100000 --grown       # index grown row by row
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
 
 Index settings come from the environment, as for the service (VECTOR_INDEX, HNSW_EF_SEARCH, ...).
-Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL.
+Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL; with
+STORAGE_BACKEND=s3 the app runs on S3_ENDPOINT_URL's store, else on a SeaweedFS of its own.
 """
 
 import argparse
@@ -36,9 +43,15 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, prepare_vector_index
+from app.core.resources import SearchDefaults
 from app.core.vector_index import INDEX_NAME, search_settings
 from app.imaging.verification import extract
-from app.services.search import SearchOptions, nearest_images_sql, search_by_image
+from app.services.search import (
+    SearchOptions,
+    nearest_images_sql,
+    search_by_image,
+    search_stored_image,
+)
 from bench.corpus import clustered_vectors, copy_vectors
 from bench.edit_sets import shapes
 from bench.harness import (
@@ -46,6 +59,7 @@ from bench.harness import (
 )
 from bench.harness import (
     KeepAliveClient,
+    RunningApp,
     fresh_database,
     latencies,
     libpq_dsn,
@@ -54,6 +68,7 @@ from bench.harness import (
     running_app,
     summary,
 )
+from bench.seaweedfs import storage_environment
 
 MODEL = "cnn"  # the service's default model, so /similar compares these rows
 FEATURE_PICTURES = 64
@@ -62,8 +77,14 @@ BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
 Call = Callable[[int], Awaitable[object]]
 
 
-async def run(rows: int, baseline: Path | None) -> None:
-    settings = Settings()
+SELF_HIT_QUERIES = 2000  # stored images searched for the tail figures
+
+
+async def run(rows: int, baseline: Path | None, grown: bool) -> None:
+    # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
+    # Verification off: the recall and self-hit figures are the index's own (verification
+    # re-ranks the final scan's candidates after it; the apps below measure what it costs).
+    settings = Settings(STORAGE_BACKEND="local", VERIFY_NEAR_DUPLICATES=False)
     index = settings.vector_index
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
@@ -76,12 +97,17 @@ async def run(rows: int, baseline: Path | None) -> None:
         vectors = clustered_vectors(rows + QUERIES, clusters=clusters, seed=1)
         stored, held_out = vectors[:rows], vectors[rows:]
         started = time.perf_counter()
+        if grown:
+            # The index first, then the rows: each one is inserted into the graph as it
+            # arrives, as uploads grow it, instead of the graph being built in bulk.
+            status = await prepare_vector_index(url, settings)
         ids = await copy_vectors(
             libpq_dsn(url), stored, model=MODEL, local_features=feature_blobs()
         )
         load_s = time.perf_counter() - started
         started = time.perf_counter()
-        status = await prepare_vector_index(url, settings)
+        if not grown:
+            status = await prepare_vector_index(url, settings)
         build_s = time.perf_counter() - started
 
         async with engine.connect() as connection:
@@ -95,13 +121,38 @@ async def run(rows: int, baseline: Path | None) -> None:
             ).scalar_one()
             # Recall@10 of held-out vectors against exact search, through the service's own
             # statement and vector codec (a search by an uploaded image).
-            options = SearchOptions(MODEL, 10, -1.0, settings.NEAR_DUPLICATE_THRESHOLD, index)
-            found = 0
+            # The service's own options (its re-check threshold included), all results kept.
+            options = SearchOptions.for_request(
+                SearchDefaults.from_settings(settings), MODEL, 10, -1.0
+            )
+            held_out_recalls = []
             for query in held_out:
                 matches = await search_by_image(connection, query, "", options)
                 exact = np.argsort(-(stored @ query))[:10]
-                found += len({match.id for match in matches} & {ids[i] for i in exact})
-        recall = found / (10 * len(held_out))
+                found = len({match.id for match in matches} & {ids[i] for i in exact})
+                held_out_recalls.append(found / 10)
+            # The tail of searches by a stored image: did the first index scan reach the query
+            # image itself (self-hit before the service's retries), did the service's final
+            # scan, and how close to the exact answer is what the service returns.
+            rng = np.random.default_rng(3)
+            sample = rng.choice(rows, size=min(SELF_HIT_QUERIES, rows), replace=False)
+            first_hits, final_hits, retried, stored_recalls = 0, 0, 0, []
+            for i in sample:
+                first = await connection.exec_driver_sql(
+                    nearest_images_sql(index), (ids[i], MODEL, 11, 2.0, 10)
+                )
+                first_hits += bool(first.all()[0].self_found)
+                searched = await search_stored_image(connection, ids[i], options)
+                final_hits += searched.self_found
+                retried += searched.scans > 1
+                neighbours = [j for j in np.argsort(-(stored @ stored[i]))[:11] if j != i][:10]
+                found = len({row.id for row in searched.rows} & {ids[j] for j in neighbours})
+                stored_recalls.append(found / 10)
+        recall = float(np.mean(held_out_recalls))
+        zero_recall = float(np.mean([r == 0 for r in held_out_recalls]))
+        low_recall = float(np.mean([r < 0.5 for r in held_out_recalls]))
+        self_hit_first = first_hits / len(sample)
+        self_hit = final_hits / len(sample)
 
         rng = np.random.default_rng(2)
         query_ids = [ids[i] for i in rng.choice(rows, size=QUERIES, replace=False)]
@@ -122,15 +173,17 @@ async def run(rows: int, baseline: Path | None) -> None:
         async def sql_call_nothing_passes(number: int) -> object:
             return await sql_call(number, threshold=0.999)
 
-        environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+        storage = stack.enter_context(storage_environment("bench-search"))
+        environment = {"DATABASE_URL": url.render_as_string(hide_password=False), **storage}
         apps = {
             "http": (ROOT_CHECKOUT, environment),
             "http verify off": (ROOT_CHECKOUT, {**environment, "VERIFY_NEAR_DUPLICATES": "false"}),
         } | ({"baseline http": (baseline, environment)} if baseline else {})
         clients: dict[str, KeepAliveClient] = {}
+        servers: dict[str, RunningApp] = {}
         for name, (checkout, app_environment) in apps.items():
-            base_url = await stack.enter_async_context(running_app(app_environment, checkout))
-            clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 8))
+            servers[name] = await stack.enter_async_context(running_app(app_environment, checkout))
+            clients[name] = await stack.enter_async_context(KeepAliveClient(servers[name].url, 8))
 
         def http_call(client: KeepAliveClient) -> "Call":
             async def call(number: int) -> object:
@@ -155,19 +208,34 @@ async def run(rows: int, baseline: Path | None) -> None:
         # SQL and HTTP take turns in blocks, so that all see the same (shared, drifting)
         # machine; each statistic pools all its blocks.
         report: dict[str, list[float]] = {}
+        server_cpu_ms: dict[str, float] = dict.fromkeys(servers, 0.0)
         for concurrency in (1, 8):
             for call in calls.values():
                 await latencies(call, QUERIES, concurrency)  # warm the caches
             for _ in range(BLOCKS):
                 for name, call in calls.items():
                     key = f"{name} c={concurrency}"
+                    cpu_before = servers[name].cpu_seconds() if name in servers else 0.0
                     block = await latencies(call, QUERIES, concurrency)
                     report[key] = report.get(key, []) + block
+                    if name in servers:
+                        spent = servers[name].cpu_seconds() - cpu_before
+                        server_cpu_ms[name] += spent * 1000 / (QUERIES * BLOCKS * 2)
 
+    built = "grown row by row during the load" if grown else f"built in bulk in {build_s:.1f}s"
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
-    print(f"index: {status.definition} built in {build_s:.1f}s")
+    print(f"index: {status.definition} {built}")
     print(f"index size {index_mb / 2**20:.0f} MB, table {table_mb / 2**20:.0f} MB")
-    print(f"recall@10 over {QUERIES} held-out queries: {recall:.3f}")
+    print(
+        f"recall@10 over {QUERIES} held-out queries: mean {recall:.3f}, "
+        f"share at 0: {zero_recall:.3f}, share below 0.5: {low_recall:.3f}"
+    )
+    print(
+        f"searches by {len(sample)} stored images: self-hit of the first index scan "
+        f"{self_hit_first:.3f}, retried {retried / len(sample):.3f}, self-hit after the "
+        f"retries {self_hit:.3f}; recall@10 mean {np.mean(stored_recalls):.3f}, "
+        f"share at 0: {np.mean([r == 0 for r in stored_recalls]):.3f}"
+    )
     for name, values in report.items():
         print(f"{name:<28} {summary(values)}")
     sql_p50 = percentile(report["sql c=1"], 0.5)
@@ -179,23 +247,30 @@ async def run(rows: int, baseline: Path | None) -> None:
         f"http p50 = sql {sql_p50:.2f} + HTTP round trip without a search (health/live) "
         f"{floor_p50:.2f} + the endpoint's own work {http_p50 - sql_p50 - floor_p50:.2f} ms"
     )
+    print(f"server CPU per /similar: {server_cpu_ms['http']:.3f} ms")
     off_p50 = percentile(report["http verify off c=1"], 0.5)
     print(
         f"verification: /similar p50 {http_p50:.2f} ms with it, {off_p50:.2f} ms without "
-        f"(VERIFY_NEAR_DUPLICATES=false, the search as before): {http_p50 / off_p50:.2f} x"
+        f"(VERIFY_NEAR_DUPLICATES=false, the search as before): {http_p50 / off_p50:.2f} x; "
+        f"server CPU per /similar {server_cpu_ms['http']:.3f} ms with it, "
+        f"{server_cpu_ms['http verify off']:.3f} ms without: "
+        f"{server_cpu_ms['http'] / server_cpu_ms['http verify off']:.2f} x"
     )
     if baseline is not None:
         baseline_p50 = percentile(report["baseline http c=1"], 0.5)
         print(
             f"baseline ({baseline}): http p50 {baseline_p50:.2f} ms, "
-            f"http_over_sql={baseline_p50 / sql_p50:.2f}; this build / baseline (p50): "
-            f"{http_p50 / baseline_p50:.2f}"
+            f"http_over_sql={baseline_p50 / sql_p50:.2f}, server CPU per /similar "
+            f"{server_cpu_ms['baseline http']:.3f} ms; this build / baseline: p50 "
+            f"{http_p50 / baseline_p50:.2f}, CPU "
+            f"{server_cpu_ms['http'] / server_cpu_ms['baseline http']:.2f}"
         )
     print(
         f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
         f"p50_sql_ms={sql_p50:.2f} p50_http_ms={http_p50:.2f} "
         f"http_over_sql={http_p50 / sql_p50:.2f} "
-        f"p99_http_ms={percentile(report['http c=1'], 0.99):.2f}"
+        f"p99_http_ms={percentile(report['http c=1'], 0.99):.2f} "
+        f"self_hit={self_hit:.3f} zero_recall={zero_recall:.3f}"
     )
 
 
@@ -217,9 +292,14 @@ def main() -> None:
         help="another checkout of this project (with its .venv): its /similar is measured "
         "in the same run, taking turns with this build's",
     )
+    parser.add_argument(
+        "--grown",
+        action="store_true",
+        help="build the index on the empty table, so rows join it one by one (as uploads do)",
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(run(arguments.rows, arguments.baseline))
+    asyncio.run(run(arguments.rows, arguments.baseline, arguments.grown))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
     .venv/bin/python -m bench.upload                # a server process per core
     WORKERS=1 .venv/bin/python -m bench.upload      # one server process
     .venv/bin/python -m bench.upload --baseline ../earlier-checkout   # A/B, same run
+    STORAGE_BACKEND=s3 .venv/bin/python -m bench.upload   # images in a SeaweedFS of its own
+
+bench/storage.py compares the two stores side by side.
 """
 
 import argparse
@@ -31,12 +34,14 @@ from app.imaging.analysis import analyse_image
 from bench.harness import (
     ROOT,
     KeepAliveClient,
+    RunningApp,
     fresh_database,
     latencies,
     percentile,
     postgres_server,
     running_app,
 )
+from bench.seaweedfs import storage_environment
 
 SIZES = {"1MP": (1155, 866), "12MP": (4000, 3000)}
 UPLOADS = {"1MP": 160, "12MP": 32}
@@ -70,7 +75,7 @@ def multipart(data: bytes, filename: str) -> bytes:
 
 
 def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
-    settings = Settings()
+    settings = Settings(STORAGE_BACKEND="local")  # the image work only: no store
     embedder = create_embedder(settings)
     files = [variant(jpeg, offset + n) for n in range(count)]
 
@@ -127,56 +132,70 @@ async def run(baseline: Path | None) -> None:
     counter = 0
     rows = []
     workers = os.environ.get("WORKERS", str(min(os.cpu_count() or 1, 8)))
-    print(f"app: WORKERS={workers}", flush=True)
+    backend = os.environ.get("STORAGE_BACKEND", "local")
+    print(f"app: WORKERS={workers} STORAGE_BACKEND={backend}", flush=True)
     checkouts = {"http": ROOT} | ({"baseline": baseline} if baseline else {})
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
+        storage = stack.enter_context(storage_environment("bench-upload"))
         clients: dict[str, KeepAliveClient] = {}
+        apps: dict[str, RunningApp] = {}
         for number, (name, checkout) in enumerate(checkouts.items()):
             url = await fresh_database(server_dsn, f"image_bench_upload_{number}")
             environment = {
                 "DATABASE_URL": url.render_as_string(hide_password=False),
                 # Deployed for throughput: a worker process per core (as docker-compose does).
                 "WORKERS": workers,
+                **storage,
             }
-            base_url = await stack.enter_async_context(running_app(environment, checkout))
-            clients[name] = await stack.enter_async_context(KeepAliveClient(base_url, 9))
+            apps[name] = await stack.enter_async_context(running_app(environment, checkout))
+            clients[name] = await stack.enter_async_context(KeepAliveClient(apps[name].url, 9))
         for size, (width, height) in SIZES.items():
             jpeg = photo_jpeg(width, height)
             for concurrency in CONCURRENCY:
                 count = UPLOADS[size]
-                measured: dict[str, tuple[float, float]] = {}
+                measured: dict[str, tuple[float, float, float]] = {}
                 for name, client in clients.items():
                     bodies = [
                         multipart(variant(jpeg, counter + n), f"{size}-{counter + n}.jpg")
                         for n in range(count)
                     ]
                     counter += count
-                    measured[name] = await http_rate(client, bodies, concurrency)
+                    cpu_before = apps[name].cpu_seconds()
+                    rate, live_p99 = await http_rate(client, bodies, concurrency)
+                    cpu_ms = (apps[name].cpu_seconds() - cpu_before) / count * 1000
+                    measured[name] = rate, live_p99, cpu_ms
                 local = await asyncio.to_thread(
                     in_process_rate, jpeg, count, concurrency, 10**6 + counter
                 )
-                rate, live_p99 = measured["http"]
-                rows.append((size, concurrency, rate, local, live_p99, measured.get("baseline")))
+                rate, live_p99, cpu_ms = measured["http"]
+                rows.append(
+                    (size, concurrency, rate, local, live_p99, cpu_ms, measured.get("baseline"))
+                )
                 line = (
                     f"{size:>5} c={concurrency}: http {rate:6.1f}/s  in-process "
-                    f"{local:6.1f}/s  ratio {rate / local:.2f}  live p99 {live_p99:.1f} ms"
+                    f"{local:6.1f}/s  ratio {rate / local:.2f}  live p99 {live_p99:.1f} ms  "
+                    f"server CPU {cpu_ms:.1f} ms/upload"
                 )
                 if "baseline" in measured:
-                    base_rate, base_p99 = measured["baseline"]
+                    base_rate, base_p99, base_cpu_ms = measured["baseline"]
                     line += (
                         f"  | baseline http {base_rate:6.1f}/s ratio {base_rate / local:.2f} "
-                        f"live p99 {base_p99:.1f} ms"
+                        f"live p99 {base_p99:.1f} ms server CPU {base_cpu_ms:.1f} ms/upload"
                     )
                 print(line, flush=True)
-    size, concurrency, rate, local, live_p99, base = next(
+    size, concurrency, rate, local, live_p99, cpu_ms, base = next(
         row for row in rows if row[0] == "1MP" and row[1] == 8
     )
     if base is not None:
-        print(f"baseline ({baseline}): ratio={base[0] / local:.2f} http_per_s={base[0]:.1f}")
+        print(
+            f"baseline ({baseline}): ratio={base[0] / local:.2f} http_per_s={base[0]:.1f} "
+            f"server_cpu_ms={base[2]:.1f}"
+        )
     print(
         f"upload: size={size} concurrency={concurrency} http_per_s={rate:.1f} "
-        f"inprocess_per_s={local:.1f} ratio={rate / local:.2f} live_p99_ms={live_p99:.1f}"
+        f"inprocess_per_s={local:.1f} ratio={rate / local:.2f} live_p99_ms={live_p99:.1f} "
+        f"server_cpu_ms={cpu_ms:.1f}"
     )
 
 

@@ -1,6 +1,7 @@
 """Property-based API testing with schemathesis against the app's own OpenAPI schema, over real
 HTTP: generated requests (valid and invalid) never get a 5xx, and every response matches what
-the schema documents (status code, content type, headers, body)."""
+the schema documents (status code, content type, headers, body). Keys are required, so every
+operation that declares a scope must also refuse a request without one."""
 
 import asyncio
 from pathlib import Path
@@ -14,6 +15,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support.app import DatabaseFactory, settings_on_new_database
 from tests.support.images import jpeg_bytes
+from tests.support.keys import add_key
 from tests.support.live_server import live_server
 
 EXAMPLES_PER_OPERATION = 20
@@ -22,9 +24,12 @@ EXAMPLES_PER_OPERATION = 20
 async def test_every_operation_matches_its_schema_and_never_fails(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    app_settings, _ = await settings_on_new_database(create_database, tmp_path, "schemathesis")
+    app_settings, url = await settings_on_new_database(
+        create_database, tmp_path, "schemathesis", AUTH_REQUIRED=True
+    )
     with live_server(app_settings) as base_url:
-        async with httpx.AsyncClient(base_url=base_url) as client:
+        key = {"X-API-Key": await add_key(url, "schemathesis", "admin")}
+        async with httpx.AsyncClient(base_url=base_url, headers=key) as client:
             # Something stored, so the image routes are exercised beyond their 404s.
             await client.post("/api/v1/images/upload", files={"file": ("a.jpg", jpeg_bytes())})
         schema = schemathesis.openapi.from_url(f"{base_url}/api/v1/openapi.json")
@@ -45,7 +50,7 @@ async def test_every_operation_matches_its_schema_and_never_fails(
             def check(case: schemathesis.Case[Any]) -> None:
                 # A schema-valid upload may still be no image at all: a 4xx there is right.
                 case.call_and_validate(
-                    base_url=base_url, excluded_checks=[positive_data_acceptance]
+                    base_url=base_url, headers=key, excluded_checks=[positive_data_acceptance]
                 )
 
             await asyncio.to_thread(check)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from app.core.config import Settings
 from app.core.database import INIT_SQL_PATH, Database, create_engine
 from app.errors import SchemaMismatch
+from app.models.api_key import api_keys
 from app.models.image import ImageRow, images
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
 from tests.support.images import jpeg_bytes
@@ -101,3 +102,16 @@ async def test_the_table_definition_matches_init_sql(database: Database) -> None
             )
         ).scalars()
         assert list(columns) == [column.name for column in images.columns]
+
+
+async def test_the_api_keys_table_matches_init_sql(database: Database) -> None:
+    async with database.engine.connect() as connection:
+        columns = (
+            await connection.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'api_keys' ORDER BY ordinal_position"
+                )
+            )
+        ).scalars()
+        assert list(columns) == [column.name for column in api_keys.columns]

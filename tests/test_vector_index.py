@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,7 +16,9 @@ from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
     ensure_vector_index,
     search_settings,
+    vector_text,
 )
+from app.imaging.verification import extract
 from app.services import search
 from bench.corpus import clustered_vectors, copy_vectors
 from tests.support.app import DatabaseFactory, make_settings
@@ -159,3 +162,156 @@ async def test_processes_starting_at_once_share_the_schema_and_index_work(
     actions = await asyncio.wait_for(asyncio.gather(*(start_up() for _ in range(3))), timeout=120)
 
     assert sorted(actions) == ["built", "kept", "kept"]
+
+
+async def test_a_search_stuck_in_the_graph_scans_wider_and_finds_the_neighbourhood(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    # A sparse graph searched with a tiny beam: greedy routing often never reaches the query's
+    # cluster (as it does, more rarely, at the default settings on 100k images).
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "stuck_search", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    scores = vectors @ vectors.T
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
+
+    stuck, recovered = 0, 0
+    async with engine.connect() as connection:
+        for query in range(0, 2000, 10):
+            first = await connection.exec_driver_sql(
+                search.nearest_images_sql(index), (ids[query], MODEL, 6, 2.0, 5)
+            )
+            if first.all()[0].self_found:
+                continue
+            stuck += 1
+            matches = await search.find_similar_images(connection, ids[query], options)
+            exact = [ids[i] for i in np.argsort(-scores[query]) if i != query][:5]
+            recovered += [match.id for match in matches] == exact
+    await engine.dispose()
+
+    assert stuck >= 20  # the corpus does defeat the first scan
+    assert recovered == stuck
+
+
+async def test_verification_labels_the_candidates_of_the_final_scan(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "stuck_verified_search", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    # Every row shows the same flat picture (features of under 1 KB): each candidate verifies.
+    flat = extract(Image.new("RGB", (64, 48), (90, 120, 200))).to_bytes()
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL, local_features=[flat])
+    scores = vectors @ vectors.T
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, verification_candidates=5)
+
+    stuck, verified = 0, 0
+    async with engine.connect() as connection:
+        for query in range(0, 2000, 10):
+            first = await connection.exec_driver_sql(
+                search.nearest_images_sql(index), (ids[query], MODEL, 6, 2.0, 5)
+            )
+            if first.all()[0].self_found:
+                continue
+            stuck += 1
+            matches = await search.find_similar_images(connection, ids[query], options)
+            exact = [ids[i] for i in np.argsort(-scores[query]) if i != query][:5]
+            verified += [match.id for match in matches] == exact and all(
+                match.match == "near_duplicate"
+                and match.evidence is not None
+                and match.evidence.transform == "appearance"
+                for match in matches
+            )
+    await engine.dispose()
+
+    assert stuck >= 20
+    assert verified == stuck
+
+
+async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "stuck_upload_search", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
+
+    missed_by_first_scan, found = 0, 0
+    async with engine.connect() as connection:
+        for query in range(0, 2000, 10):
+            content_hash = ids[query].hex * 2  # how the corpus names its rows' bytes
+            first = await connection.exec_driver_sql(
+                search.nearest_to_vector_sql(index),
+                (vector_text(vectors[query]), MODEL, 5, 2.0, content_hash),
+            )
+            missed_by_first_scan += ids[query] not in {row.id for row in first.all()}
+            matches = await search.search_by_image(
+                connection, vectors[query], content_hash, options
+            )
+            found += matches[0].id == ids[query] and matches[0].match == "exact"
+    await engine.dispose()
+
+    assert missed_by_first_scan >= 20
+    assert found == 200
+
+
+async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "stuck_held_out", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2200, clusters=200, seed=4)
+    stored, held_out = vectors[:2000], vectors[2000:]  # queries from the stored clusters
+    await copy_vectors(dsn(url), stored, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, recheck_below=0.6)
+
+    # Every query has neighbours scoring about 0.9: an answer without any above 0.6 is a scan
+    # that never reached them (what the user would see as "nothing looks like this").
+    first_scan_empty_handed, service_empty_handed = 0, 0
+    async with engine.connect() as connection:
+        for query in held_out:
+            assert float(np.max(stored @ query)) > 0.8
+            first = await connection.exec_driver_sql(
+                search.nearest_to_vector_sql(index), (vector_text(query), MODEL, 5, 2.0, "")
+            )
+            first_scan_empty_handed += 1 - first.all()[0].distance < 0.6
+            matches = await search.search_by_image(connection, query, "", options)
+            service_empty_handed += matches[0].similarity_score < 0.6
+    await engine.dispose()
+
+    assert first_scan_empty_handed >= 10
+    assert service_empty_handed == 0
+
+
+async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "lonely_search", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
+
+    # Every image has neighbours scoring about 0.8 to 0.9 (its cluster).
+    lonely_first_scans, empty_answers = 0, 0
+    async with engine.connect() as connection:
+        for query in range(0, 2000, 5):
+            first = (
+                await connection.exec_driver_sql(
+                    search.nearest_images_sql(index), (ids[query], MODEL, 6, 0.4, 5)
+                )
+            ).all()
+            lonely_first_scans += first[0].self_found and first[0].id is None
+            matches = await search.find_similar_images(connection, ids[query], options)
+            empty_answers += not matches
+    await engine.dispose()
+
+    assert lonely_first_scans >= 5
+    assert empty_answers == 0

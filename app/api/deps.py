@@ -1,6 +1,5 @@
 """What the routers get injected, as `Annotated` aliases."""
 
-import hmac
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -9,7 +8,6 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.resources import Resources
-from app.errors import NotAuthorized
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread, which costs
@@ -32,17 +30,6 @@ async def get_connection(resources: ResourcesDep) -> AsyncIterator[AsyncConnecti
 
 # Released as soon as the endpoint returns, before the response is serialised and sent.
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
-
-
-async def require_admin(resources: ResourcesDep, request: Request) -> None:
-    """With ADMIN_TOKEN set, the request must carry `Authorization: Bearer <token>`."""
-    token = resources.settings.ADMIN_TOKEN
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise NotAuthorized()
 
 
 ImageId = Annotated[uuid.UUID, Path(description="The image's id (a UUID)")]

@@ -13,7 +13,7 @@ router = APIRouter()
 @router.get(
     "/info", response_model=ServiceInfo, summary="Service version, upload limits, embedding"
 )
-# HEAD too: the seed's troubleshooting guide checks it with `curl -I`.
+# HEAD too: the original description's troubleshooting guide checks it with `curl -I`.
 @router.head("/info", include_in_schema=False)
 async def service_info(resources: ResourcesDep) -> ServiceInfo:
     settings, embedder = resources.settings, resources.embedder
@@ -27,7 +27,8 @@ async def service_info(resources: ResourcesDep) -> ServiceInfo:
             max_frames=settings.MAX_FRAMES,
             accepted_formats=formats,
             accepted_content_types=[BY_NAME[name].content_type for name in formats],
-            allowed_extensions=settings.ALLOWED_EXTENSIONS,
+            # JPEG's and PNG's too, which are accepted whatever ALLOWED_EXTENSIONS says.
+            allowed_extensions=[ext for name in formats for ext in BY_NAME[name].extensions],
         ),
         embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),
         similarity_threshold=settings.SIMILARITY_THRESHOLD,

@@ -1,11 +1,12 @@
 """GET /metrics: Prometheus text format."""
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.pool import QueuePool
 
-from app.api.deps import ConnectionDep, ResourcesDep, require_admin
-from app.errors import DATABASE_UNAVAILABLE, NOT_AUTHORIZED, error_responses
+from app.api.access import requires
+from app.api.deps import ConnectionDep, ResourcesDep
+from app.errors import ACCESS_ERRORS, DATABASE_UNAVAILABLE, error_responses
 from app.services.images import count_images
 
 router = APIRouter()
@@ -15,10 +16,10 @@ router = APIRouter()
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    dependencies=[Depends(require_admin)],
+    dependencies=[requires("admin")],
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
-        **error_responses(NOT_AUTHORIZED, DATABASE_UNAVAILABLE),
+        **error_responses(*ACCESS_ERRORS, DATABASE_UNAVAILABLE),
     },
 )
 async def prometheus_metrics(connection: ConnectionDep, resources: ResourcesDep) -> Response:

@@ -8,9 +8,31 @@ from typing import Any
 
 import httpx
 
-from app.imaging.formats import sniff_format
+from app.imaging.formats import SNIFF_BYTES, sniff_format
 
-RETRIES = 3
+# Connection failures, as opposed to the service answering: nothing listens at the URL.
+_NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class ServiceUnreachable(Exception):
+    """No connection to the service at `url` could be made: it is not running, or elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"no service answers at {url}; start it with `make run` "
+            "(or `python -m app serve`), or give its address with --url"
+        )
+        self.url = url
+
+
+RETRIES = 5
+# Answers that say "come back after Retry-After": a full upload queue or an unreachable
+# database (503), a key's rate used up (429).
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @dataclass
@@ -19,6 +41,7 @@ class ImportReport:
     created: int = 0
     already_stored: int = 0
     rejected: list[tuple[Path, str]] = field(default_factory=list)
+    unreachable: ServiceUnreachable | None = None
 
     @property
     def processed(self) -> int:
@@ -34,7 +57,7 @@ def find_images(directory: Path, *, recursive: bool) -> tuple[list[Path], list[P
         if not path.is_file():
             continue
         with path.open("rb") as file:
-            head = file.read(16)
+            head = file.read(SNIFF_BYTES)
         (images if sniff_format(head) else others).append(path)
     return images, others
 
@@ -43,7 +66,7 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str,
     data = await asyncio.to_thread(path.read_bytes)
     for attempt in range(RETRIES):
         response = await client.post("/api/v1/images/upload", files={"file": (path.name, data)})
-        if response.status_code != 503 or attempt == RETRIES - 1:
+        if response.status_code not in RETRY_STATUSES or attempt == RETRIES - 1:
             return response.status_code, response.json()
         await asyncio.sleep(float(response.headers.get("retry-after", "1")))
     raise AssertionError("unreachable")
@@ -51,23 +74,29 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> tuple[int, dict[str,
 
 async def import_images(
     paths: list[Path],
+    report: ImportReport,
     *,
     url: str,
     concurrency: int,
+    api_key: str | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
-) -> ImportReport:
-    """Upload `paths`, `concurrency` at a time. Bytes already stored are recognised by the
-    service (200), so running an import again stores nothing twice."""
-    report = ImportReport(total=len(paths))
+) -> None:
+    """Upload `paths`, `concurrency` at a time, counting outcomes in `report` as they come
+    (so an interrupted run still has them). Bytes already stored are recognised by the
+    service (200), so running an import again stores nothing twice. When no connection can be
+    made, the import stops and `report.unreachable` says so."""
     queue: asyncio.Queue[Path] = asyncio.Queue()
     for path in paths:
         queue.put_nowait(path)
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
+        while not queue.empty() and report.unreachable is None:
             path = queue.get_nowait()
             try:
                 status, body = await _upload(client, path)
+            except _NO_CONNECTION:
+                report.unreachable = ServiceUnreachable(url)
+                return
             except (httpx.HTTPError, ValueError) as exc:
                 report.rejected.append((path, f"could not upload: {exc}"))
             else:
@@ -80,19 +109,28 @@ async def import_images(
             if on_progress is not None:
                 on_progress(report)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
         await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
-    return report
 
 
-async def search_with_file(path: Path, *, url: str, limit: int) -> dict[str, Any]:
+async def search_with_file(
+    path: Path, *, url: str, limit: int, threshold: float | None, api_key: str | None = None
+) -> dict[str, Any]:
+    """The service's answer to POST /api/v1/images/search with the file at `path`. Raises
+    ServiceUnreachable, or ValueError with the service's `detail` when it refuses."""
     data = await asyncio.to_thread(path.read_bytes)
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        response = await client.post(
-            "/api/v1/images/search",
-            files={"file": (path.name, data)},
-            data={"limit": str(limit)},
-        )
+    form = {"limit": str(limit)} | ({} if threshold is None else {"threshold": str(threshold)})
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers=auth_headers(api_key)
+    ) as client:
+        try:
+            response = await client.post(
+                "/api/v1/images/search", files={"file": (path.name, data)}, data=form
+            )
+        except _NO_CONNECTION as exc:
+            raise ServiceUnreachable(url) from exc
     body: dict[str, Any] = response.json()
     if response.status_code != 200:
         raise ValueError(body.get("detail", f"HTTP {response.status_code}"))

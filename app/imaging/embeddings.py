@@ -22,7 +22,8 @@ class Embedder(Protocol):
 
 
 class HashEmbedder:
-    """The seed's mock embedding: a Gaussian vector seeded by the SHA-256 of the file's bytes.
+    """The original description's mock embedding: a Gaussian vector seeded by the SHA-256 of the
+    file's bytes.
 
     The same bytes always give the same vector; any other bytes give an unrelated one (cosine
     near 0), so only exact copies are "similar".

@@ -29,6 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from app.imaging.picture import as_displayed
+
 # Keypoints are found on the picture scaled to this longer side (smaller ones are enlarged to
 # MIN_SIDE only: enlarging further invents corners), so copies at any size compare alike.
 FEATURE_SIDE = 512
@@ -42,6 +44,10 @@ GRID = 4
 # A picture whose brightness varies less than this (standard deviation, 0..255) has no
 # keypoints worth finding: noise on a flat colour would give random ones.
 MIN_CONTRAST = 6.0
+# ORB finds no keypoint within its edgeThreshold (31 pixels, OpenCV's default) of the border:
+# a picture no wider or higher than twice that has none (and OpenCV's pyramid fails on a strip
+# a pixel or two high).
+ORB_BORDER = 31
 # Fewer keypoints than this: the picture is "low texture" and compared by its thumbnail.
 MIN_KEYPOINTS = 24
 TINY_SIDE = 16
@@ -144,10 +150,11 @@ class Evidence:
 
 
 def extract(image: Image.Image, *, original_side: int | None = None) -> LocalFeatures:
-    """The local features of a decoded, upright picture. `original_side`: the longer side of the
-    picture as stored, when it was decoded smaller (JPEG draft mode); it only serves to report
-    the scale of a match in the pictures' own pixels."""
-    rgb = _on_white(image)
+    """The local features of the picture as displayed (`picture.as_displayed`: upright 8-bit
+    RGB, transparent parts on white); an image in another mode is shown that way first.
+    `original_side`: the longer side of the picture as stored, when it was decoded smaller (JPEG
+    draft mode); it only serves to report the scale of a match in the pictures' own pixels."""
+    rgb = image if image.mode == "RGB" else as_displayed(image)
     longer = max(rgb.size)
     scale = FEATURE_SIDE / longer if longer > FEATURE_SIDE else max(1.0, MIN_SIDE / longer)
     width = max(1, round(rgb.width * scale))
@@ -166,24 +173,16 @@ def extract(image: Image.Image, *, original_side: int | None = None) -> LocalFea
     )
 
 
-def _on_white(image: Image.Image) -> Image.Image:
-    """The picture as RGB, transparent parts shown on white (what lies under them is not seen,
-    and differs between files that look the same)."""
-    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def _orb(grey: NDArray[np.uint8]) -> tuple[Keypoints, Keypoints]:
     """Up to MAX_KEYPOINTS ORB keypoints spread over the picture, and the descriptors of the
     strongest MAX_MIRRORED_KEYPOINTS of them in the mirror image. Corners are where they are
     whichever way the picture faces, so the mirror image's keypoints are the picture's, moved
     across (and their orientation turned over): one detection, not two."""
-    if float(grey.std()) < MIN_CONTRAST:
+    if min(grey.shape) <= 2 * ORB_BORDER or float(grey.std()) < MIN_CONTRAST:
         return _NO_KEYPOINTS, _NO_KEYPOINTS
-    orb = cv2.ORB.create(nfeatures=4 * MAX_KEYPOINTS, fastThreshold=FAST_THRESHOLD)
+    orb = cv2.ORB.create(
+        nfeatures=4 * MAX_KEYPOINTS, fastThreshold=FAST_THRESHOLD, edgeThreshold=ORB_BORDER
+    )
     chosen = _spread(orb.detect(grey, None), MAX_KEYPOINTS, grey.shape[1], grey.shape[0])
     found, descriptors = orb.compute(grey, chosen)
     if descriptors is None or not found:

@@ -4,7 +4,9 @@ best of them (near-duplicates), unless VERIFY_NEAR_DUPLICATES is off.
 
 The hot path: each search is one statement in asyncpg's own SQL (`$n` parameters) run with
 `exec_driver_sql`, which skips SQLAlchemy's statement compilation and parameter processing
-(`bench.search` measures what is left against asyncpg alone)."""
+(`bench.search` measures what is left against asyncpg alone). A scan that missed what it had
+to find is retried wider, then exactly; verification works on the candidates of the final
+scan."""
 
 import asyncio
 import struct
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import VectorIndexConfig
+from app.core.database import transaction
 from app.core.resources import SearchDefaults
 from app.core.vector_index import indexed_expression, query_expression, vector_text
 from app.errors import EmbeddingOutdated, ImageNotFound
@@ -29,6 +32,8 @@ from app.imaging.verification import Evidence, LocalFeatures, verify
 
 # Float rounding must not drop an exact copy (score 0.9999999) at threshold=1.
 _SCORE_TOLERANCE = 1e-6
+# Cosine distance is at most 2: a bound that lets every candidate through.
+_ANY_DISTANCE = 2.0
 
 Match = Literal["exact", "near_duplicate", "similar"]
 _T = TypeVar("_T")
@@ -55,13 +60,17 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
     """Search by a stored image, in one statement (one round trip).
 
     $1 query image id, $2 model, $3 candidates, $4 largest distance, $5 limit. One row per
-    match, each carrying the query image's model and hash; a single row of NULL matches when
-    nothing passes; no row at all when the query image does not exist."""
+    match, each carrying the query image's model and hash and whether the index scan found the
+    query image itself (`self_found`) and the best other candidate's distance whatever the
+    threshold (`best_distance`); a single row of NULL matches when nothing passes; no row
+    at all when the query image does not exist."""
     return f"""
         WITH query AS (
             SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = $1
         ), nearest AS MATERIALIZED ({_nearest(config, "(SELECT embedding_vector FROM query)")})
-        SELECT query.embedding_model AS query_model, query.content_hash AS query_hash, match.*
+        SELECT query.embedding_model AS query_model, query.content_hash AS query_hash,
+            EXISTS (SELECT 1 FROM nearest WHERE id = $1) AS self_found,
+            (SELECT min(distance) FROM nearest WHERE id <> $1) AS best_distance, match.*
         FROM query LEFT JOIN LATERAL (
             SELECT * FROM nearest
             WHERE id <> $1 AND distance <= $4
@@ -74,15 +83,45 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
 @cache
 def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
     """Search by a vector: $1 the vector (pgvector's text form), $2 model, $3 limit, $4 largest
-    distance."""
+    distance, $5 the content hash of the query's bytes. One row per match, each carrying the id
+    of a stored image with the same bytes (`stored_copy`, NULL if none) and the best candidate's
+    distance whatever the threshold (`best_distance`); a single row of NULL matches when
+    nothing passes."""
     vector = f"CAST($1 AS vector({config.dimension}))"
     return f"""
-        WITH nearest AS MATERIALIZED ({_nearest(config, vector)})
-        SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
+        WITH nearest AS MATERIALIZED ({_nearest(config, vector)}), copy AS (
+            SELECT (
+                SELECT id FROM images WHERE content_hash = $5 AND embedding_model = $2
+            ) AS stored_copy
+        )
+        SELECT copy.stored_copy, (SELECT min(distance) FROM nearest) AS best_distance, match.*
+        FROM copy LEFT JOIN LATERAL (
+            SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
+        ) AS match ON true
         """  # noqa: S608
 
 
 _FEATURES_SQL = "SELECT id, local_features FROM images WHERE id = ANY($1::uuid[])"
+
+
+def _wider_scans(config: VectorIndexConfig) -> list[dict[str, str]]:
+    """The settings of the retries of a search that missed what it had to find: a wider index
+    scan (`WIDER_SCAN_FACTOR` times ef_search, at least `WIDER_EF_SEARCH_FLOOR`, or times the
+    probes), then an exact scan (no index). In
+    pgvector's graph (HNSW) a greedy scan can stop in a region far from the query: the
+    `self_hit` figure of `bench.search` measures how often, and how often each retry recovers."""
+    wider = {
+        "hnsw.ef_search": str(
+            min(1000, max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR))
+        ),
+        "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR),
+    }
+    return [wider, {"enable_indexscan": "off"}]
+
+
+# How much wider the first retry scans; ef_search is capped at pgvector's maximum, 1000.
+WIDER_SCAN_FACTOR = 4
+WIDER_EF_SEARCH_FLOOR = 400
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,9 @@ class SearchOptions:
     threshold: float  # lowest cosine similarity returned (verified near-duplicates pass anyway)
     near_duplicate_threshold: float  # the label without verification
     index: VectorIndexConfig
+    # A search whose best candidate scores below this is double-checked with a wider scan
+    # (SIMILARITY_THRESHOLD: an answer with nothing similar in it).
+    recheck_below: float = -1.0
     # How many of the nearest are verified; 0: none (the label then follows the score).
     verification_candidates: int = 0
 
@@ -106,13 +148,25 @@ class SearchOptions:
             threshold=defaults.threshold if threshold is None else threshold,
             near_duplicate_threshold=defaults.near_duplicate_threshold,
             index=defaults.index,
+            recheck_below=defaults.threshold,
             verification_candidates=defaults.verification_candidates,
         )
 
     @property
+    def verified(self) -> bool:
+        return self.verification_candidates > 0
+
+    @property
     def candidates(self) -> int:
-        """How many nearest neighbours a verified search looks at."""
-        return max(self.limit, self.verification_candidates)
+        """How many nearest neighbours the statement returns: the limit, or with verification
+        at least VERIFICATION_CANDIDATES (verification then decides which are returned)."""
+        return max(self.limit, self.verification_candidates) if self.verified else self.limit
+
+    @property
+    def largest_distance(self) -> float:
+        """The statement's bound on the distance: the threshold's, or none with verification
+        (a verified near-duplicate is returned whatever its score)."""
+        return _ANY_DISTANCE if self.verified else 1.0 - self.threshold + _SCORE_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -127,18 +181,17 @@ class SimilarMatch:
 
 
 def _score(row: Row[tuple[object, ...]]) -> float:
-    return max(-1.0, min(1.0, 1.0 - float(row._mapping["distance"])))
+    return max(-1.0, min(1.0, 1.0 - float(row.distance)))
 
 
 def _match(
     row: Row[tuple[object, ...]], label: Match, evidence: Evidence | None = None
 ) -> SimilarMatch:
-    match = row._mapping
     return SimilarMatch(
-        id=match["id"],
-        filename=match["filename"],
-        content_type=match["content_type"],
-        upload_timestamp=match["upload_timestamp"],
+        id=row.id,
+        filename=row.filename,
+        content_type=row.content_type,
+        upload_timestamp=row.upload_timestamp,
         similarity_score=_score(row),
         match=label,
         evidence=evidence,
@@ -155,12 +208,12 @@ def _matches(
     and the limit."""
     found = []
     for row in rows:
-        if row._mapping["id"] is None:
+        if row.id is None:
             continue
         score = _score(row)
         label: Match = (
             "exact"
-            if row._mapping["content_hash"] == query_hash
+            if row.content_hash == query_hash
             else "near_duplicate"
             if score >= near_duplicate_threshold
             else "similar"
@@ -185,15 +238,12 @@ def _verified_matches(
     off when it was stored), the label falls back to NEAR_DUPLICATE_THRESHOLD."""
     query = _parsed(query_features)
     labelled: list[tuple[int, SimilarMatch]] = []
-    for position, row in enumerate(rows):
-        image_id = row._mapping["id"]
-        if image_id is None:
-            continue
+    for position, row in enumerate(_candidates(rows)):
         score = _score(row)
-        if row._mapping["content_hash"] == query_hash:
+        if row.content_hash == query_hash:
             labelled.append((0, _match(row, "exact")))
             continue
-        stored = _parsed(features.get(image_id))
+        stored = _parsed(features.get(row.id))
         evidence = None
         if position < options.verification_candidates and query is not None and stored:
             evidence = verify(query, stored)
@@ -206,6 +256,11 @@ def _verified_matches(
             labelled.append((2, _match(row, "similar")))
     labelled.sort(key=lambda item: (item[0], -item[1].similarity_score, str(item[1].id)))
     return [match for _, match in labelled[: options.limit]]
+
+
+def _candidates(rows: Sequence[Row[tuple[object, ...]]]) -> list[Row[tuple[object, ...]]]:
+    """The rows that are matches (not the single row of NULL matches of an empty answer)."""
+    return [row for row in rows if row.id is not None]
 
 
 def _parsed(data: bytes | None) -> LocalFeatures | None:
@@ -226,6 +281,85 @@ async def _local_features(
     return {row.id: row.local_features for row in result}
 
 
+def _similar_found(rows: Sequence[Row[tuple[object, ...]]], options: SearchOptions) -> bool:
+    """Whether the scan found a candidate scoring `recheck_below` or more (before the request's
+    own threshold is applied)."""
+    best = rows[0].best_distance
+    return best is not None and 1.0 - best >= options.recheck_below
+
+
+@dataclass(frozen=True)
+class StoredImageSearch:
+    """What a search by a stored image did: its rows, whether the final scan found the query
+    image among its candidates, and how many scans it took (1 when the first one did)."""
+
+    rows: Sequence[Row[tuple[object, ...]]]
+    self_found: bool
+    scans: int
+
+
+async def _run(
+    connection: AsyncConnection,
+    statement: str,
+    parameters: tuple[object, ...],
+    settings: dict[str, str] | None = None,
+) -> Sequence[Row[tuple[object, ...]]]:
+    """Run a search statement; with `settings`, in a transaction of its own that sets them for
+    that statement only (`set_config(..., is_local => true)`)."""
+    if settings is None:
+        return (await connection.exec_driver_sql(statement, parameters)).all()
+    names, values = list(settings), list(settings.values())
+    async with transaction(connection):
+        await connection.exec_driver_sql(
+            "SELECT "
+            + ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names))),
+            tuple(item for pair in zip(names, values, strict=True) for item in pair),
+        )
+        rows = (await connection.exec_driver_sql(statement, parameters)).all()
+        # Back to the connection's own values: inside a caller's transaction (the tests'),
+        # `is_local` would otherwise last until that transaction ends.
+        await connection.exec_driver_sql(
+            "SELECT " + ", ".join(f"set_config(${i + 1}, NULL, true)" for i in range(len(names))),
+            tuple(names),
+        )
+    return rows
+
+
+async def search_stored_image(
+    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
+) -> StoredImageSearch:
+    """Search by a stored image, scanning wider when the index scan did not reach the query
+    image itself (then its neighbourhood was not reached either), or found nothing scoring
+    `recheck_below` or more besides it. The rows are `options.candidates` at most (all of
+    them, whatever their score, when verification is on). Raises ImageNotFound,
+    EmbeddingOutdated."""
+    statement = nearest_images_sql(options.index)
+    parameters = (
+        image_id,
+        options.model,
+        options.candidates + 1,  # the query image is normally its own nearest neighbour
+        options.largest_distance,
+        options.candidates,
+    )
+    rows = await _run(connection, statement, parameters)
+    if not rows:
+        raise ImageNotFound(image_id)
+    query_model = rows[0].query_model
+    if query_model != options.model:
+        raise EmbeddingOutdated(image_id, query_model, options.model)
+    scans = 1
+    if options.index.kind != "none":
+        for step, settings in enumerate(_wider_scans(options.index)):
+            # A scan that missed the query image itself gets the wider scan and then the exact
+            # one; a scan that found it but nothing similar besides (the image's own links in
+            # the graph can lead astray) gets the wider scan only.
+            if rows[0].self_found and (step > 0 or _similar_found(rows, options)):
+                break
+            rows = await _run(connection, statement, parameters, settings)
+            scans += 1
+    return StoredImageSearch(rows, bool(rows[0].self_found), scans)
+
+
 async def find_similar_images(
     connection: AsyncConnection,
     image_id: uuid.UUID,
@@ -236,29 +370,13 @@ async def find_similar_images(
     """The stored images most similar to `image_id` (cosine similarity >= threshold, or verified
     near-duplicates), best first, never including the query image itself. Verification runs in
     a worker thread, holding one of `slots` if given. Raises ImageNotFound, EmbeddingOutdated."""
-    verified = options.verification_candidates > 0
-    result = await connection.exec_driver_sql(
-        nearest_images_sql(options.index),
-        (
-            image_id,
-            options.model,
-            (options.candidates if verified else options.limit) + 1,  # the query image itself
-            2.0 if verified else 1.0 - options.threshold + _SCORE_TOLERANCE,
-            options.candidates if verified else options.limit,
-        ),
-    )
-    rows = result.all()
-    if not rows:
-        raise ImageNotFound(image_id)
-    query_model = rows[0].query_model
-    if query_model != options.model:
-        raise EmbeddingOutdated(image_id, query_model, options.model)
-    query_hash = rows[0].query_hash
-    if not verified:
+    search = await search_stored_image(connection, image_id, options)
+    rows, query_hash = search.rows, search.rows[0].query_hash
+    if not options.verified:
         return _matches(
             rows, query_hash=query_hash, near_duplicate_threshold=options.near_duplicate_threshold
         )
-    ids = [row.id for row in rows[: options.verification_candidates] if row.id is not None]
+    ids = [row.id for row in _candidates(rows)[: options.verification_candidates]]
     features = await _local_features(connection, [image_id, *ids])
     return await _off_the_loop(
         slots,
@@ -281,23 +399,35 @@ async def search_by_image(
     slots: asyncio.Semaphore | None = None,
 ) -> list[SimilarMatch]:
     """The stored images most similar to an image that is not stored (its vector, hash and,
-    for verification, its local features)."""
-    verified = options.verification_candidates > 0
-    result = await connection.exec_driver_sql(
-        nearest_to_vector_sql(options.index),
-        (
-            vector_text(vector),
-            options.model,
-            options.candidates if verified else options.limit,
-            2.0 if verified else 1.0 - options.threshold + _SCORE_TOLERANCE,
-        ),
+    for verification, its local features).
+
+    A stored copy of the same bytes is always found: when the index scan missed it, the search
+    scans wider, then exactly (as `search_stored_image` does). An answer with nothing scoring
+    `recheck_below` or more gets one wider scan: a scan stuck far from the query's
+    neighbourhood looks like that (and so does a query with no neighbours, which pays it).
+    Verification then works on the final scan's candidates."""
+    statement = nearest_to_vector_sql(options.index)
+    parameters = (
+        vector_text(vector),
+        options.model,
+        options.candidates,
+        options.largest_distance,
+        content_hash,
     )
-    rows = result.all()
-    if not verified:
+    rows = await _run(connection, statement, parameters)
+    if options.index.kind != "none":
+        for step, settings in enumerate(_wider_scans(options.index)):
+            copy = rows[0].stored_copy
+            copy_missed = copy is not None and all(row.id != copy for row in rows)
+            # Only a missed copy is worth an exact scan; a thin answer gets the wider one.
+            if not (copy_missed or (step == 0 and not _similar_found(rows, options))):
+                break
+            rows = await _run(connection, statement, parameters, settings)
+    if not options.verified:
         return _matches(
             rows, query_hash=content_hash, near_duplicate_threshold=options.near_duplicate_threshold
         )
-    ids = [row.id for row in rows[: options.verification_candidates]]
+    ids = [row.id for row in _candidates(rows)[: options.verification_candidates]]
     features = await _local_features(connection, ids) if local_features else {}
     return await _off_the_loop(
         slots,

@@ -3,9 +3,21 @@
 
 const API = "/api/v1/images";
 const PAGE_SIZE = 12;
+const KEY_STORAGE = "image-similarity-api-key";
 const $ = (id) => document.getElementById(id);
 let galleryPage = 0;
 let shownImageId = null;
+
+// The API key, when the service asks for one (AUTH_REQUIRED): kept for this tab only.
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+function withKey(options = {}) {
+  const key = apiKey();
+  if (!key) return options;
+  return { ...options, headers: { ...(options.headers || {}), "X-API-Key": key } };
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -13,18 +25,32 @@ function setStatus(text, isError = false) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withKey(options));
   if (response.status === 204) return null;
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     // The API's own words: every error carries a readable `detail`.
-    throw new Error(body.detail || `The service answered ${response.status}`);
+    const hint = response.status === 401 || response.status === 403 ? " (see API key above)" : "";
+    throw new Error((body.detail || `The service answered ${response.status}`) + hint);
   }
   return body;
 }
 
 function thumbnail(id, size = 240) {
   return `${API}/${id}/thumbnail?size=${size}`;
+}
+
+// An <img> cannot send a header: with a key, the picture is fetched and shown from memory.
+function showImage(img, url) {
+  if (!apiKey()) {
+    img.src = url;
+    return;
+  }
+  fetch(url, withKey()).then((response) => (response.ok ? response.blob() : null)).then((blob) => {
+    if (!blob) return;
+    img.src = URL.createObjectURL(blob);
+    img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+  }).catch(() => {});
 }
 
 function card(image, caption, onOpen) {
@@ -34,7 +60,7 @@ function card(image, caption, onOpen) {
   button.type = "button";
   button.setAttribute("aria-label", `Open ${image.filename}`);
   const img = document.createElement("img");
-  img.src = thumbnail(image.id);
+  showImage(img, thumbnail(image.id));
   img.alt = image.filename;
   img.loading = "lazy";
   const text = document.createElement("div");
@@ -60,32 +86,63 @@ function showMatches(list, matches) {
 }
 
 function searchParams() {
-  return { threshold: $("threshold").value, limit: $("limit").value };
+  const limit = $("limit");
+  if (limit.value === "" || !limit.checkValidity()) {
+    throw new Error(`"Results" must be a whole number from ${limit.min} to ${limit.max}.`);
+  }
+  return { threshold: $("threshold").value, limit: limit.value };
 }
+
+// What the results show, searched again when the slider or "Results" change: the picked file,
+// and its id once it is stored.
+let lastQuery = null;
+let searchRun = 0;
 
 async function handleFile(file) {
   if (!file) return;
-  const { threshold, limit } = searchParams();
-  const form = new FormData();
-  form.append("file", file);
+  lastQuery = { file, storedId: null };
+  if (!$("search-only").checked) {
+    setStatus(`Uploading ${file.name}…`);
+    const form = new FormData();
+    form.append("file", file);
+    try {
+      lastQuery.storedId = (await api(`${API}/upload`, { method: "POST", body: form })).id;
+    } catch (error) {
+      lastQuery = null;
+      $("results").replaceChildren();
+      setStatus(`${file.name}: ${error.message}`, true);
+      return;
+    }
+    loadGallery(); // it is stored, whatever the search below answers
+  }
+  await search();
+}
+
+async function search() {
+  if (!lastQuery) return;
+  const { file, storedId } = lastQuery;
+  const run = ++searchRun; // an answer to an older search must not overwrite a newer one
   try {
+    const { threshold, limit } = searchParams();
     let answer;
-    if ($("search-only").checked) {
+    if (storedId) {
+      answer = await api(`${API}/${storedId}/similar?threshold=${threshold}&limit=${limit}`);
+    } else {
       setStatus(`Searching with ${file.name}…`);
+      const form = new FormData();
+      form.append("file", file);
       form.append("threshold", threshold);
       form.append("limit", limit);
       answer = await api(`${API}/search`, { method: "POST", body: form });
-    } else {
-      setStatus(`Uploading ${file.name}…`);
-      const stored = await api(`${API}/upload`, { method: "POST", body: form });
-      answer = await api(`${API}/${stored.id}/similar?threshold=${threshold}&limit=${limit}`);
-      loadGallery();
     }
+    if (run !== searchRun) return;
     showMatches($("results"), answer.similar_images);
     setStatus(`${answer.total_results} similar picture(s) for ${file.name}.`);
   } catch (error) {
+    if (run !== searchRun) return;
     $("results").replaceChildren();
-    setStatus(`${file.name}: ${error.message}`, true);
+    const what = storedId ? `${file.name} is stored, but the search failed` : file.name;
+    setStatus(`${what}: ${error.message}`, true);
   }
 }
 
@@ -98,7 +155,7 @@ async function openDetails(id) {
     shownImageId = id;
     $("details").hidden = false;
     $("details-title").textContent = image.filename;
-    $("details-image").src = thumbnail(id, 512);
+    showImage($("details-image"), thumbnail(id, 512));
     $("details-image").alt = image.filename;
     const rows = {
       Size: `${image.width} × ${image.height}`, Format: image.format, Bytes: image.file_size,
@@ -123,9 +180,15 @@ async function deleteShown() {
   if (!shownImageId || !window.confirm("Delete this picture? This cannot be undone.")) return;
   try {
     await api(`${API}/${shownImageId}`, { method: "DELETE" });
-    setStatus("Picture deleted.");
     $("details").hidden = true;
+    if (lastQuery && lastQuery.storedId === shownImageId) {
+      lastQuery = null;
+      $("results").replaceChildren();
+    } else {
+      search(); // the deleted picture may be among the results
+    }
     shownImageId = null;
+    setStatus("Picture deleted.");
     loadGallery();
   } catch (error) {
     setStatus(error.message, true);
@@ -147,7 +210,18 @@ async function loadGallery() {
 
 function setUp() {
   const zone = $("drop-zone");
-  $("file-input").addEventListener("change", (event) => handleFile(event.target.files[0]));
+  $("api-key").value = apiKey();
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+    setStatus($("api-key").value.trim() ? "The key will be sent with every request." : "No key.");
+    loadGallery();
+  });
+  $("file-input").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // so that picking the same file again is a change too
+    handleFile(file);
+  });
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
   zone.addEventListener("drop", (event) => {
@@ -158,6 +232,11 @@ function setUp() {
   $("threshold").addEventListener("input", () => {
     $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
   });
+  // "change": once the slider is let go (or moved a step by the keyboard), once a number is in.
+  $("threshold").addEventListener("change", search);
+  $("limit").addEventListener("change", search);
+  // Enter in "Results" submits the form: search instead of reloading the page.
+  $("find-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
   $("delete-button").addEventListener("click", deleteShown);
   $("previous-page").addEventListener("click", () => { galleryPage -= 1; loadGallery(); });
   $("next-page").addEventListener("click", () => { galleryPage += 1; loadGallery(); });
@@ -165,6 +244,9 @@ function setUp() {
     $("threshold").value = info.similarity_threshold;
     $("threshold").dispatchEvent(new Event("input"));
     $("limit").value = info.max_similar_results;
+    // What this instance accepts; extensions too, for systems that know no HEIC or AVIF type.
+    const upload = info.upload;
+    $("file-input").accept = [...upload.accepted_content_types, ...upload.allowed_extensions].join(",");
   }).catch(() => {});
   loadGallery();
 }

@@ -102,3 +102,14 @@ def test_transparent_parts_are_seen_on_white() -> None:
     white_under.paste(scene(120, 120, seed=3), (40, 40))
 
     assert np.array_equal(extract(black_under).tiny, extract(white_under).tiny)
+
+
+def test_a_strip_too_thin_for_keypoints_is_compared_by_its_appearance() -> None:
+    rng = np.random.default_rng(5)
+    strip = Image.fromarray(rng.integers(0, 256, (1, 3000, 3), dtype=np.uint8))
+
+    found = features(strip)
+
+    assert found.low_texture and len(found.keypoints) == 0
+    evidence = verify(found, features(strip.copy()))
+    assert evidence is not None and evidence.transform == "appearance"

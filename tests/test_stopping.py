@@ -1,0 +1,171 @@
+"""Ctrl-C, the ordinary way to stop a command: one line (and, for the batch commands, what was
+done so far), no traceback, exit status 130."""
+
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.database import create_engine
+from bench.harness import free_port
+from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
+from tests.support.cli import poll_until, press_ctrl_c, start
+from tests.support.images import encode, jpeg_bytes, scene
+from tests.support.live_server import live_server, wait_until_ready
+
+
+def assert_no_traceback(output: str) -> None:
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
+async def test_ctrl_c_stops_serve_after_a_graceful_shutdown(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    _, url = await settings_on_new_database(create_database, tmp_path, "stop_serve")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+
+    server = await start(["serve"], environment)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        ready = await wait_until_ready(client)
+    code, stdout, stderr = await press_ctrl_c(server)
+
+    assert ready
+    assert code == 130
+    assert_no_traceback(stdout + stderr)
+    assert "Application shutdown complete" in stderr  # in-flight work was let finish
+    assert stderr.splitlines()[-1] == "serve: stopped by Ctrl-C"
+
+
+async def test_make_run_stops_on_ctrl_c_without_make_reporting_an_error(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    _, url = await settings_on_new_database(create_database, tmp_path, "stop_make_run")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    venv = Path(sys.prefix)
+    # This interpreter's environment, taken as installed (-o: never reinstalled by the test).
+    make_run = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
+
+    process = await start(["run"], environment, program=make_run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        ready = await wait_until_ready(client)
+    code, stdout, stderr = await press_ctrl_c(process)
+
+    assert ready
+    # make ends as interrupted, which a shell reports as status 130.
+    assert code == -signal.SIGINT
+    assert_no_traceback(stdout + stderr)
+    assert "make:" not in stdout + stderr  # no "make: *** [Makefile: run] Error 130"
+    assert stderr.splitlines()[-1] == "serve: stopped by Ctrl-C"
+
+
+async def test_ctrl_c_stops_an_import_with_what_it_did_so_far(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "stop_import")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(300):
+        (photos / f"{number:03}.jpg").write_bytes(jpeg_bytes(32, 32, seed=number))
+
+    with live_server(settings) as base_url:
+        process = await start(
+            ["import", str(photos), "--url", base_url, "--concurrency", "1"], dict(os.environ)
+        )
+        async with httpx.AsyncClient(base_url=base_url) as client:
+
+            async def stored() -> int:
+                return int((await client.get("/api/v1/images")).json()["total"])
+
+            await poll_until(lambda: at_least(stored, 3))
+            code, stdout, stderr = await press_ctrl_c(process)
+            total = await stored()
+
+    assert code == 130
+    assert_no_traceback(stdout + stderr)
+    [summary] = stdout.splitlines()
+    counted = int(summary.split()[1])
+    assert summary == (
+        f"import: {counted} stored, 0 already stored, 0 rejected, 0 skipped (not images)"
+    )
+    assert stderr.splitlines() == [f"import: stopped by Ctrl-C after {counted} of 300 images"]
+    # The one upload in flight at the stop (--concurrency 1) may have been stored without
+    # being counted; 3 were stored before the stop.
+    assert 2 <= counted <= total <= counted + 1 < 300
+
+
+async def test_ctrl_c_stops_reembed_with_the_committed_batches(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = await create_database("stop_reembed")
+    database_url = url.render_as_string(hide_password=False)
+    hash_settings = make_settings(tmp_path, DATABASE_URL=database_url, EMBEDDING_MODEL="hash")
+    async with app_client(hash_settings) as client:
+        big = encode(scene(2000, 1500, seed=1), "PNG")  # a full decode each: tens of ms
+        await client.post("/api/v1/images/upload", files={"file": ("big.png", big)})
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        # 299 more rows on the same file, each with hashes of its own.
+        await connection.execute(text(CLONE_ROWS))
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(hash_settings.DATA_DIR),
+        "EMBEDDING_MODEL": "perceptual",
+    }
+
+    process = await start(["reembed", "--batch-size", "5"], environment)
+    await poll_until(lambda: at_least(lambda: count_perceptual(engine), 5))
+    code, _, stderr = await press_ctrl_c(process)
+    stored = await count_perceptual(engine)
+    await engine.dispose()
+
+    assert code == 130
+    assert_no_traceback(stderr)
+    stop, summary = stderr.splitlines()
+    assert stop == "reembed: stopped by Ctrl-C; what was done is kept, run it again to continue"
+    reported = int(summary.split()[1])
+    assert summary == f"reembed: {reported} updated, 0 failed, model=perceptual"
+    # Committed batches only; the batch whose commit was under way at the stop may have gone
+    # through without being counted. At least one batch was committed before the stop.
+    assert 5 <= stored < 300
+    assert stored - 5 <= reported <= stored
+
+
+CLONE_ROWS = """
+INSERT INTO images (filename, original_filename, content_type, file_size, file_path,
+                    content_hash, format, width, height, embedding_vector, embedding_model,
+                    metadata, processing_status)
+SELECT filename, original_filename, content_type, file_size, file_path,
+       md5(n::text) || md5(n::text || '.'), format, width, height, embedding_vector,
+       embedding_model, metadata, processing_status
+FROM images, generate_series(1, 299) AS n
+"""
+
+
+async def at_least(count: Callable[[], Awaitable[int]], number: int) -> bool:
+    return await count() >= number
+
+
+async def count_perceptual(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text("SELECT count(*) FROM images WHERE embedding_model = 'perceptual'")
+        )
+    return int(count or 0)
