@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import info, metrics, page
 from app.api.access import AccessMiddleware
-from app.api.v1 import health, images
+from app.api.v1 import duplicates, health, images
 from app.core.body_limit import BodySizeLimitMiddleware
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
@@ -23,6 +23,7 @@ from app.core.observability import (
 )
 from app.core.resources import Resources, open_resources
 from app.errors import add_error_handlers
+from app.services import duplicates as duplicate_groups
 from app.services.consistency import check_storage
 from app.services.images import count_stale_embeddings
 
@@ -42,6 +43,10 @@ async def _check_collection(resources: Resources) -> None:
         async with resources.engine.connect() as connection:
             stale = await count_stale_embeddings(connection, model=embedder.name)
             storage = await check_storage(connection, store=resources.store, repair=True)
+            await duplicate_groups.prepare_groups(
+                connection,
+                duplicate_groups.link_options(resources.search_defaults, embedder.name),
+            )
     except UNAVAILABLE_EXCEPTIONS as exc:
         if not is_database_unavailable(exc):
             raise
@@ -120,6 +125,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         ObservabilityMiddleware, metrics=app_metrics, routes=lambda: route_templates(app)
     )
     app.include_router(images.router, prefix="/api/v1/images", tags=["images"])
+    app.include_router(duplicates.router, prefix="/api/v1/duplicates", tags=["duplicates"])
     app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
     app.include_router(info.router, tags=["info"])
     app.include_router(metrics.router, tags=["metrics"])
