@@ -143,7 +143,7 @@ def rebuild(arguments: argparse.Namespace) -> None:
     print(
         f"duplicates: build {done.build} (model {options.model}, near-duplicate threshold "
         f"{options.near_duplicate_threshold:.2f}){continued if done.already_checked else ''}: "
-        f"{done.checked} images checked, {done.links} links, {done.groups} groups; "
+        f"{done.checked} images checked, {done.links} links, {done.groups} group(s); "
         f"{done.skipped} skipped (embedded with another model: run reembed first)",
         file=sys.stderr,
     )

@@ -4,13 +4,16 @@ whose vectors lie on a circle: two images link when their angle is under 45.6 de
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.database import Database
 from app.core.storage import ImageStore
 from app.errors import DuplicateGroupNotFound, GroupChanged, ImageNotFound, NotAGroupMember
+from app.models import duplicates as tables
 from app.models.duplicates import duplicate_decisions, duplicate_groups, duplicate_links
 from app.services import duplicates
 from app.services.duplicates import GroupMember, assign_group_ids, connected_sets, keeper_order
@@ -259,3 +262,27 @@ def test_after_a_rebuild_each_group_keeps_the_id_of_the_old_group_it_overlaps_mo
     ids = assign_group_ids(components, old_groups, created, lambda: fresh)
 
     assert ids == [old_a, old_b, fresh]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        tables.duplicate_builds,
+        tables.duplicate_scans,
+        tables.duplicate_links,
+        tables.duplicate_groups,
+        tables.duplicate_members,
+        tables.duplicate_decisions,
+    ],
+    ids=lambda table: table.name,
+)
+async def test_the_duplicate_tables_match_init_sql(database: Database, table: Any) -> None:
+    async with database.engine.connect() as connection:
+        columns = await connection.scalars(
+            text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = :name ORDER BY ordinal_position"
+            ),
+            {"name": table.name},
+        )
+        assert list(columns) == [column.name for column in table.columns]
