@@ -144,6 +144,8 @@ def rebuild(arguments: argparse.Namespace) -> None:
         f"duplicates: build {done.build} (model {options.model}, near-duplicate threshold "
         f"{options.near_duplicate_threshold:.2f}){continued if done.already_checked else ''}: "
         f"{done.checked} images checked, {done.links} links, {done.groups} group(s); "
-        f"{done.skipped} skipped (embedded with another model: run reembed first)",
+        f"{done.skipped} skipped (embedded with another model: run reembed first); "
+        f"{done.search_seconds + done.regroup_seconds:.1f} s (regrouping "
+        f"{done.regroup_seconds:.1f} s)",
         file=sys.stderr,
     )

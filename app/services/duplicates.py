@@ -33,8 +33,9 @@ import hashlib
 import json
 import logging
 import math
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
@@ -85,6 +86,7 @@ _REBUILD_LOCK = "hashtext('duplicate_groups'), 1"
 _RETRIED_SQLSTATES = frozenset({"23503", "40P01"})
 _WRITE_ATTEMPTS = 3
 _T = TypeVar("_T")
+_Node = TypeVar("_Node", bound=Hashable)
 
 LinkMatch = Literal["exact", "near_duplicate"]
 Decision = Literal["not_duplicates", "kept_both"]
@@ -234,8 +236,8 @@ class _Components:
 
 
 def connected_sets(
-    nodes: Iterable[uuid.UUID], edges: Iterable[tuple[uuid.UUID, uuid.UUID]]
-) -> list[set[uuid.UUID]]:
+    nodes: Iterable[_Node], edges: Iterable[tuple[_Node, _Node]]
+) -> list[set[_Node]]:
     """The connected sets of the graph (every node in one, single nodes included)."""
     components = _Components()
     for node in nodes:
@@ -886,6 +888,8 @@ class RebuildProgress:
     links: int = 0  # once finished
     groups: int = 0  # once finished
     finished: bool = False
+    search_seconds: float = 0.0  # looking for links and recording them, batch by batch
+    regroup_seconds: float = 0.0  # the final regrouping, under the groups lock
 
 
 async def _start_rebuild(connection: AsyncConnection, options: SearchOptions) -> Build:
@@ -999,6 +1003,7 @@ async def rebuild_groups(
                 already_checked=(same_model or 0) - (remaining or 0),
                 skipped=(stored or 0) - (same_model or 0),
             )
+            started = time.monotonic()
             await _scan_all(
                 engine,
                 control,
@@ -1009,7 +1014,9 @@ async def rebuild_groups(
                 concurrency,
                 on_progress,
             )
+            progress.search_seconds = time.monotonic() - started
             progress.links, progress.groups = await _finish_rebuild(control, build.number)
+            progress.regroup_seconds = time.monotonic() - started - progress.search_seconds
             progress.finished = True
             return progress
         finally:
