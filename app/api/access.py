@@ -7,8 +7,8 @@ dependency because FastAPI parses a multipart body before it runs any dependency
 upload must cost its headers only. For each request, in order:
 
 1. the scope its operation needs (read < write < admin), from the OpenAPI document; any other
-   path under /api/v1/images or /api/v1/duplicates needs `read`. Other paths (probes, /info, the page, the docs)
-   need nothing;
+   path under /api/v1/images or /api/v1/duplicates needs `read`. Other paths (probes, /info,
+   the page, the docs) need nothing;
 2. if that scope is guarded (AUTH_REQUIRED, or ADMIN_TOKEN for `admin`): the caller's key or
    ADMIN_TOKEN, from `Authorization: Bearer` or `X-API-Key`: 401 `not_authorized` without,
    401 `invalid_api_key` when unknown or revoked, 403 `insufficient_scope` when too small;
