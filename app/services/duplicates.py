@@ -278,8 +278,7 @@ def assign_group_ids(
 # --- Recording links and merging groups ------------------------------------------------------
 
 _INSERT_LINKS = """
-    INSERT INTO duplicate_links AS link
-        (image_a, image_b, similarity_score, match, verification, build)
+    INSERT INTO duplicate_links (image_a, image_b, similarity_score, match, verification, build)
     SELECT e.a, e.b, e.score, e.match, e.verification::jsonb, $6
     FROM unnest($1::uuid[], $2::uuid[], $3::real[], $4::text[], $5::text[])
         AS e(a, b, score, match, verification)
@@ -509,11 +508,17 @@ async def link_image(
     already done so (a second upload of the same bytes). Called once the upload's transaction
     has committed (see the module's docstring for why that ends concurrent copies in one
     group). An image embedded with another model waits for `reembed` and a rebuild."""
-    build = await current_build(connection, options)
-    scanned = await connection.scalar(
-        select(duplicate_scans.c.build).where(duplicate_scans.c.image_id == image_id)
-    )
-    if scanned == build.number:
+    # The current build and the image's last look, in one round trip.
+    scanned = select(duplicate_scans.c.build).where(duplicate_scans.c.image_id == image_id)
+    row = (
+        await connection.execute(
+            select(duplicate_builds, scanned.scalar_subquery().label("scanned"))
+            .order_by(duplicate_builds.c.build.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+    build = await current_build(connection, options) if row is None else _build(row)
+    if row is not None and row.scanned == build.number:
         return
     try:
         links = await find_duplicate_links(connection, image_id, options)
