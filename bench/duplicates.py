@@ -22,8 +22,15 @@ second, and images per CPU-second (per core). The baseline, in the same run: the
 alone (`find_duplicate_links`, the same statement) over a sample, on one connection, which
 says how much of the rebuild is searching.
 
+upload: what keeping groups current costs an upload. 240 uploads of 1-megapixel JPEGs, 8 at
+a time, to this build and, with `--baseline DIR`, to another checkout (an earlier commit,
+without duplicate groups) in the same run, each on a fresh database and taking turns: 200
+distinct pictures and 40 edited copies of some of them (resized, re-compressed), shuffled.
+Uploads per second and the server's CPU per upload.
+
     .venv/bin/python -m bench.duplicates quality      # after: make install-bench
     .venv/bin/python -m bench.duplicates rebuild --rows 100000
+    .venv/bin/python -m bench.duplicates upload --baseline ../earlier-checkout
 
 Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL.
 """
@@ -42,6 +49,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import httpx
 import imagehash
@@ -57,8 +65,17 @@ from app.core.resources import SearchDefaults
 from app.core.vector_index import search_settings
 from app.services.duplicates import connected_sets, find_duplicate_links, link_options
 from bench.corpus import copy_vectors
-from bench.harness import ROOT, fresh_database, libpq_dsn, postgres_server, running_app
+from bench.harness import (
+    ROOT,
+    KeepAliveClient,
+    fresh_database,
+    latencies,
+    libpq_dsn,
+    postgres_server,
+    running_app,
+)
 from bench.quality import EDITS, Sample, build_samples, embed_all, photo_paths
+from bench.upload import BOUNDARY, multipart
 
 MODEL = "perceptual"
 PHASH_MAX_DISTANCE = 10  # imagededup's default for its pHash duplicate finder
@@ -407,6 +424,80 @@ async def rebuild(rows: int, sample: int) -> None:
     )
 
 
+# --- Upload --------------------------------------------------------------------------------
+
+
+def upload_files(distinct: int = 200, copies: int = 40) -> list[bytes]:
+    """1-megapixel JPEGs: `distinct` unrelated pictures, then `copies` edited copies of some
+    of them; shuffled (the same order every run)."""
+    rng = np.random.default_rng(7)
+    pictures = []
+    for _ in range(distinct):
+        cells = rng.integers(0, 256, size=(27, 36, 3), dtype=np.uint8)
+        pictures.append(Image.fromarray(cells).resize((1155, 866), Image.Resampling.BICUBIC))
+    files = []
+    for picture in pictures:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=90)
+        files.append(buffer.getvalue())
+    for number in range(copies):
+        copy = pictures[number % distinct].resize((770, 577))
+        buffer = io.BytesIO()
+        copy.save(buffer, format="JPEG", quality=60 + number % 30)
+        files.append(buffer.getvalue())
+    order = rng.permutation(len(files))
+    return [files[index] for index in order]
+
+
+async def upload(baseline: Path | None, rounds: int) -> None:
+    bodies = [multipart(data, f"{n}.jpg") for n, data in enumerate(upload_files())]
+    checkouts = {"this build": ROOT} | ({"baseline": baseline} if baseline else {})
+    rates: dict[str, list[float]] = {name: [] for name in checkouts}
+    cpu: dict[str, list[float]] = {name: [] for name in checkouts}
+    with postgres_server() as server:
+        for round_number in range(rounds):
+            for number, (name, checkout) in enumerate(checkouts.items()):
+                url = await fresh_database(server, f"bench_duplicates_upload_{number}")
+                environment = {
+                    "DATABASE_URL": url.render_as_string(hide_password=False),
+                    "WORKERS": "2",
+                }
+                async with (
+                    running_app(environment, checkout) as app,
+                    KeepAliveClient(app.url, 8) as client,
+                ):
+
+                    async def send(index: int, client: KeepAliveClient = client) -> object:
+                        status, body = await client.request(
+                            "POST",
+                            "/api/v1/images/upload",
+                            bodies[index],
+                            f"multipart/form-data; boundary={BOUNDARY}",
+                        )
+                        assert status == 201, body
+                        return body
+
+                    cpu_before = app.cpu_seconds()
+                    started = time.perf_counter()
+                    await latencies(send, len(bodies), 8)
+                    rates[name].append(len(bodies) / (time.perf_counter() - started))
+                    cpu[name].append((app.cpu_seconds() - cpu_before) / len(bodies) * 1000)
+                print(
+                    f"round {round_number + 1} {name}: {rates[name][-1]:.1f} uploads/s, "
+                    f"server CPU {cpu[name][-1]:.1f} ms/upload",
+                    flush=True,
+                )
+    ours = float(np.median(rates["this build"]))
+    line = f"upload: uploads_per_s={ours:.1f} server_cpu_ms={np.median(cpu['this build']):.1f}"
+    if baseline:
+        theirs = float(np.median(rates["baseline"]))
+        line += (
+            f" baseline_uploads_per_s={theirs:.1f} "
+            f"baseline_server_cpu_ms={np.median(cpu['baseline']):.1f} ratio={ours / theirs:.2f}"
+        )
+    print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="part", required=True)
@@ -416,12 +507,19 @@ def main() -> None:
     rebuild_parser.add_argument(
         "--sample", type=int, default=5000, help="images of the search-only baseline"
     )
+    upload_parser = commands.add_parser("upload", help="what groups cost an upload, A/B")
+    upload_parser.add_argument(
+        "--baseline", type=Path, help="another checkout of this project (with its .venv)"
+    )
+    upload_parser.add_argument("--rounds", type=int, default=3, help="turns of each build")
     arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if arguments.part == "quality":
         asyncio.run(quality())
-    else:
+    elif arguments.part == "rebuild":
         asyncio.run(rebuild(arguments.rows, arguments.sample))
+    else:
+        asyncio.run(upload(arguments.baseline, arguments.rounds))
 
 
 if __name__ == "__main__":

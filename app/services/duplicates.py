@@ -277,17 +277,22 @@ def assign_group_ids(
 
 # --- Recording links and merging groups ------------------------------------------------------
 
-# The links (with the images searched marked, in the same statement: one round trip less).
+# The links, with the images searched marked in the same statement (one round trip less). The
+# build ($6) is NULL for the current one as the statement runs (0 on a database without builds
+# yet: a rebuild then counts the images as not searched).
 _INSERT_LINKS = """
-    WITH scanned AS (
+    WITH build AS (
+        SELECT COALESCE($6::integer, (SELECT max(build) FROM duplicate_builds), 0) AS number
+    ), scanned AS (
         INSERT INTO duplicate_scans (image_id, build)
-        SELECT id, $6 FROM images WHERE id = ANY($7::uuid[])
+        SELECT id, build.number FROM images, build WHERE id = ANY($7::uuid[])
         ON CONFLICT (image_id) DO UPDATE SET build = EXCLUDED.build
     )
     INSERT INTO duplicate_links (image_a, image_b, similarity_score, match, verification, build)
-    SELECT e.a, e.b, e.score, e.match, e.verification::jsonb, $6
+    SELECT e.a, e.b, e.score, e.match, e.verification::jsonb, build.number
     FROM unnest($1::uuid[], $2::uuid[], $3::real[], $4::text[], $5::text[])
         AS e(a, b, score, match, verification)
+    CROSS JOIN build
     JOIN images AS ia ON ia.id = e.a
     JOIN images AS ib ON ib.id = e.b
     WHERE NOT EXISTS (
@@ -303,7 +308,8 @@ _INSERT_LINKS = """
 
 _MARK_SCANNED = """
     INSERT INTO duplicate_scans (image_id, build)
-    SELECT id, $2 FROM images WHERE id = ANY($1::uuid[])
+    SELECT id, COALESCE($2::integer, (SELECT max(build) FROM duplicate_builds), 0)
+    FROM images WHERE id = ANY($1::uuid[])
     ON CONFLICT (image_id) DO UPDATE SET build = EXCLUDED.build
 """
 
@@ -328,11 +334,12 @@ async def record_links(
     connection: AsyncConnection,
     found: Mapping[uuid.UUID, Sequence[DuplicateLink]],
     *,
-    build: int,
+    build: int | None = None,
 ) -> int:
-    """Record the links found for some images (all of them searched under `build`) and merge
-    their groups; the images are marked as searched. Pairs a person decided about are left
-    out, and so are images deleted meanwhile. Returns how many links were recorded."""
+    """Record the links found for some images (all of them searched under `build`, by default
+    the current one) and merge their groups; the images are marked as searched. Pairs a
+    person decided about are left out, and so are images deleted meanwhile. Returns how many
+    links were recorded."""
     edges = _edges(found)
     searched = list(found)
 
@@ -376,7 +383,7 @@ def _retried(exc: DBAPIError) -> bool:
 async def _insert_links(
     connection: AsyncConnection,
     edges: Mapping[tuple[uuid.UUID, uuid.UUID], DuplicateLink],
-    build: int,
+    build: int | None,
     searched: Sequence[uuid.UUID],
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     pairs = list(edges)
@@ -512,29 +519,22 @@ async def _recount(
 
 
 async def link_image(
-    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
+    connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions, *, new: bool
 ) -> None:
-    """Look for a stored image's links and put it in its group, unless the current build has
-    already done so (a second upload of the same bytes). Called once the upload's transaction
-    has committed (see the module's docstring for why that ends concurrent copies in one
-    group). An image embedded with another model waits for `reembed` and a rebuild."""
-    # The current build and the image's last look, in one round trip.
-    scanned = select(duplicate_scans.c.build).where(duplicate_scans.c.image_id == image_id)
-    row = (
-        await connection.execute(
-            select(duplicate_builds, scanned.scalar_subquery().label("scanned"))
-            .order_by(duplicate_builds.c.build.desc())
-            .limit(1)
-        )
-    ).one_or_none()
-    build = await current_build(connection, options) if row is None else _build(row)
-    if row is not None and row.scanned == build.number:
-        return
+    """Look for a stored image's links and put it in its group. Called once the upload's
+    transaction has committed (see the module's docstring for why that ends concurrent copies
+    in one group). For bytes already stored (not `new`), only if the current build has not
+    looked yet. An image embedded with another model waits for `reembed` and a rebuild."""
+    if not new:
+        scanned = select(duplicate_scans.c.build).where(duplicate_scans.c.image_id == image_id)
+        current = select(func.max(duplicate_builds.c.build)).scalar_subquery()
+        if await connection.scalar(select(scanned.scalar_subquery() == current)):
+            return
     try:
         links = await find_duplicate_links(connection, image_id, options)
     except (ImageNotFound, EmbeddingOutdated):
         return
-    await record_links(connection, {image_id: links}, build=build.number)
+    await record_links(connection, {image_id: links})
 
 
 # --- Splits -----------------------------------------------------------------------------------

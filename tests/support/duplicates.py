@@ -72,7 +72,7 @@ async def store_and_link(
     ids = []
     for number, angle in enumerate(angles):
         image_id = await store(connection, circle.at(angle), number=number)
-        await duplicates.link_image(connection, image_id, options())
+        await duplicates.link_image(connection, image_id, options(), new=True)
         ids.append(image_id)
     return ids
 

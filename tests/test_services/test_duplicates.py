@@ -105,7 +105,7 @@ async def test_a_second_look_at_an_image_already_linked_changes_nothing(
     before = await group_sets(connection)
     links = await duplicates.find_duplicate_links(connection, a, options())
 
-    await duplicates.link_image(connection, a, options())  # a re-upload of the same bytes
+    await duplicates.link_image(connection, a, options(), new=False)  # the same bytes again
 
     assert [link.image_id for link in links] == [b]
     assert await group_sets(connection) == before
@@ -138,8 +138,8 @@ async def test_the_group_lists_the_suggested_keeper_first(connection: AsyncConne
     circle = Circle(seed=8)
     small = await store(connection, circle.at(0), number=0, width=320, height=240)
     large = await store(connection, circle.at(5), number=1, width=640, height=480)
-    await duplicates.link_image(connection, small, options())
-    await duplicates.link_image(connection, large, options())
+    await duplicates.link_image(connection, small, options(), new=True)
+    await duplicates.link_image(connection, large, options(), new=True)
 
     [group] = (await duplicates.list_groups(connection, skip=0, limit=10))[0]
 

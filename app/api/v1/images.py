@@ -84,6 +84,7 @@ async def upload_image(
         connection,
         result.image_id,
         duplicates.link_options(resources.search_defaults, resources.embedder.name),
+        new=result.created,
     )
     if not result.created:
         response.status_code = status.HTTP_200_OK
