@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-dev install-cnn install-bench bench clean
+.PHONY: run test lint install install-dev install-cnn install-bench bench s3-server clean
 
 $(BIN)/python:
 	@echo "Creating a virtual environment in $(VENV) and updating pip..."
@@ -41,6 +41,11 @@ install-dev: $(VENV)/.installed-dev
 # report with a "make: *** ... Error 130" line; make then ends as interrupted.
 run: install
 	@trap : INT; $(BIN)/python -m app serve || [ $$? -eq 130 ]
+
+# A local S3 store for a demo of STORAGE_BACKEND=s3 (SeaweedFS, bucket in ./data/s3); it prints
+# the settings to start the service with.
+s3-server: install-dev
+	$(BIN)/python -m bench.seaweedfs
 
 lint: install-dev
 	$(BIN)/ruff format --check app tests bench

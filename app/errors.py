@@ -7,6 +7,7 @@ inherits its parent's row (the lookup follows the class's MRO).
 """
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.schemas.errors import ErrorResponse, ValidationErrorResponse
@@ -102,6 +104,9 @@ STORAGE_UNAVAILABLE = ErrorKind(
     503, "storage_unavailable", "Image storage is unavailable; retry after Retry-After", _RETRY
 )
 STORAGE_FULL = ErrorKind(507, "storage_full", "No space left to store the image", _RETRY)
+RANGE_NOT_SATISFIABLE = ErrorKind(
+    416, "range_not_satisfiable", "The Range header starts past the end of the file"
+)
 BAD_REQUEST = ErrorKind(400, "bad_request", "Malformed request body")
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "An unexpected error (logged with its id)")
 # Statuses Starlette raises itself (unknown path, wrong method, ...): their codes.
@@ -128,6 +133,7 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     DATABASE_UNAVAILABLE,
     STORAGE_UNAVAILABLE,
     STORAGE_FULL,
+    RANGE_NOT_SATISFIABLE,
     BAD_REQUEST,
     INTERNAL_ERROR,
 )
@@ -138,9 +144,10 @@ class ServiceError(Exception):
 
     kind: ClassVar[ErrorKind] = INTERNAL_ERROR
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # besides the kind's own
 
     @property
     def code(self) -> str:
@@ -238,6 +245,16 @@ class StorageUnavailable(ServiceError):
         super().__init__("Image storage is unavailable; retry shortly")
 
 
+class RangeNotSatisfiable(ServiceError):
+    kind = RANGE_NOT_SATISFIABLE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"The file has {size} bytes; the range asked for starts past them",
+            {"Content-Range": f"bytes */{size}"},
+        )
+
+
 class SchemaMismatch(Exception):
     """The database schema does not match the configuration (start-up only, never an answer)."""
 
@@ -288,6 +305,16 @@ UPLOAD_ERRORS = (
 )
 
 
+INTERNAL_ERROR_DETAIL = "Internal server error"
+
+
+def unexpected_error_response() -> JSONResponse:
+    """The answer to an error nothing else handled (app/core/observability.py sends it, logged
+    there with the request's id)."""
+    body = {"detail": INTERNAL_ERROR_DETAIL, "code": INTERNAL_ERROR.code}
+    return JSONResponse(body, status_code=INTERNAL_ERROR.status)
+
+
 def error_response(
     request: Request,
     kind: ErrorKind,
@@ -297,13 +324,36 @@ def error_response(
     **extra: object,
 ) -> JSONResponse:
     """The one error body: `{"detail", "code"}` (plus `extra`), with the kind's headers
-    (`headers` replaces some of them: a Retry-After worked out for this request)."""
+    (`headers` adds to them or replaces some: a Retry-After worked out for this request, the
+    Content-Range of a range past the end)."""
     request.state.error_code = kind.code  # for the metrics of refused uploads
     return JSONResponse(
         {"detail": detail, "code": kind.code, **extra},
         status_code=kind.status,
         headers={**kind.headers, **(headers or {})} or None,
     )
+
+
+# FastAPI's check of a File() parameter names the Python class it got instead.
+_NOT_A_FILE = re.compile(r"Expected UploadFile, received: .*")
+_PYTHON_CLASS = re.compile(r"<class '[^']*'>")
+
+
+def _plain_message(message: str) -> str:
+    """A validation message without Python's names for types."""
+    if _NOT_A_FILE.search(message):
+        return "Expected a file (a multipart part with a filename), got a plain form field"
+    return _PYTHON_CLASS.sub("a value of another type", message)
+
+
+def _with_parser_reason(exc: StarletteHTTPException) -> str:
+    """The HTTP error's detail; for a multipart body Starlette could not parse, with the
+    parser's own reason (Starlette raises it from python-multipart's error)."""
+    detail = str(exc.detail)
+    parser_error = getattr(exc.__context__, "__cause__", None)
+    if isinstance(parser_error, FormParserError):
+        return f"{detail.rstrip('.')}: {parser_error}"
+    return detail
 
 
 def add_error_handlers(
@@ -313,18 +363,19 @@ def add_error_handlers(
     database_errors: tuple[type[Exception], ...],
     is_database_unavailable: Callable[[BaseException], bool],
 ) -> None:
-    """Map every exception to the table: service errors by their kind, request validation,
-    Starlette's own HTTP errors, an unreachable database (503), anything else (500)."""
+    """Map exceptions to the table: service errors by their kind, request validation,
+    Starlette's own HTTP errors, an unreachable database (503). Anything else is answered by
+    app/core/observability.py (500), which knows the request's id."""
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.kind, exc.detail)
+        return error_response(request, exc.kind, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: they may be huge or binary.
         errors = [
-            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            {"loc": list(error["loc"]), "msg": _plain_message(error["msg"]), "type": error["type"]}
             for error in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "Invalid request"}
@@ -337,15 +388,10 @@ def add_error_handlers(
         if exc.status_code == 413:
             return error_response(request, FILE_TOO_LARGE, FileTooLarge(max_file_size).detail)
         kind = ErrorKind(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), "")
-        response = error_response(request, kind, str(exc.detail))
+        response = error_response(request, kind, _with_parser_reason(exc))
         if exc.headers:
             response.headers.update(exc.headers)
         return response
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, INTERNAL_ERROR, "Internal server error")
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if is_database_unavailable(exc):
@@ -353,7 +399,8 @@ def add_error_handlers(
             return error_response(
                 request, DATABASE_UNAVAILABLE, "The database is unavailable; retry shortly"
             )
-        return await unexpected_error(request, exc)
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, INTERNAL_ERROR, INTERNAL_ERROR_DETAIL)
 
     # Registered per class so that an unreachable database is an ordinary 503, not a crash.
     for error_class in database_errors:

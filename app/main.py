@@ -1,5 +1,6 @@
 """Application factory: lifespan, middleware, routers and the error handlers."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from app.api import info, metrics, page
 from app.api.access import AccessMiddleware
 from app.api.v1 import duplicates, health, images
-from app.core.body_limit import BodySizeLimitMiddleware
+from app.core.body_limit import BodySizeLimitMiddleware, allow_long_part_headers
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
 from app.core.observability import (
@@ -22,27 +23,29 @@ from app.core.observability import (
     route_templates,
 )
 from app.core.resources import Resources, open_resources
-from app.errors import add_error_handlers
+from app.errors import StorageUnavailable, add_error_handlers
 from app.services import duplicates as duplicate_groups
-from app.services.consistency import check_storage
+from app.services.consistency import sweep
 from app.services.images import count_stale_embeddings
 
 logger = logging.getLogger("app")
 
 # Room for the multipart envelope around a file of exactly MAX_FILE_SIZE bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# A part's header line (its filename) may take half of that.
+MAX_PART_HEADER_BYTES = MULTIPART_OVERHEAD_BYTES // 2
 # The routes that decode an image from the request, and so wait for the decode workers.
 DECODING_ROUTES = (("POST", UPLOAD_ROUTE), ("POST", "/api/v1/images/search"))
 
 
-async def _check_collection(resources: Resources) -> None:
-    """Start-up checks: sweep storage leftovers, warn about embeddings of another model. Skipped
-    with a warning when the database has gone away since the schema was applied."""
+async def _check_embeddings(resources: Resources) -> None:
+    """Start-up checks: warn about embeddings of another model; prepare the duplicate groups
+    (first build, splits left undone). Skipped with a warning when the database has gone away
+    since the schema was applied."""
     embedder = resources.embedder
     try:
         async with resources.engine.connect() as connection:
             stale = await count_stale_embeddings(connection, model=embedder.name)
-            storage = await check_storage(connection, store=resources.store, repair=True)
             await duplicate_groups.prepare_groups(
                 connection,
                 duplicate_groups.link_options(resources.search_defaults, embedder.name),
@@ -52,13 +55,6 @@ async def _check_collection(resources: Resources) -> None:
             raise
         logger.warning("start-up checks skipped: database unavailable (%s)", type(exc).__name__)
         return
-    if not storage.clean:
-        logger.warning(
-            "storage sweep: removed %d staging leftovers and files without rows; "
-            "%d images have no file (see `python -m app check`)",
-            storage.removed,
-            len(storage.missing_files),
-        )
     if stale:
         logger.warning(
             "%d stored images were embedded with another model than EMBEDDING_MODEL=%s; "
@@ -66,6 +62,30 @@ async def _check_collection(resources: Resources) -> None:
             stale,
             embedder.name,
         )
+
+
+async def _sweep_periodically(resources: Resources) -> None:
+    """The storage sweep, in the background: at start-up (without delaying readiness: a large
+    bucket takes a while to list), then every STORAGE_SWEEP_INTERVAL_SECONDS (0: only once).
+    A sweep that fails (database or store unavailable) is logged and tried at the next turn."""
+    settings = resources.settings
+    while True:
+        try:
+            await sweep(
+                resources.engine,
+                store=resources.store,
+                grace_seconds=settings.STORAGE_GRACE_SECONDS,
+            )
+        except StorageUnavailable:
+            logger.warning("storage sweep skipped: the store is unavailable")
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                logger.warning("storage sweep skipped: database unavailable")
+            else:
+                logger.exception("storage sweep failed")
+        if not settings.STORAGE_SWEEP_INTERVAL_SECONDS:
+            return
+        await asyncio.sleep(settings.STORAGE_SWEEP_INTERVAL_SECONDS)
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -77,15 +97,21 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         async with open_resources(settings, metrics=app_metrics, database=database) as resources:
-            await _check_collection(resources)
+            await _check_embeddings(resources)
+            sweeper = asyncio.create_task(_sweep_periodically(resources))
             logger.info(
-                "%s %s ready (%s database, %s embeddings)",
+                "%s %s ready (%s database, %s storage, %s embeddings)",
                 SERVICE_NAME,
                 SERVICE_VERSION,
                 resources.database_mode,
+                resources.store.backend,
                 resources.embedder.name,
             )
-            yield {"resources": resources}
+            try:
+                yield {"resources": resources}
+            finally:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
 
     # /docs (Swagger UI) and /redoc with their scripts and styles served by the app itself,
     # not a CDN: they work on a machine without internet.
@@ -114,6 +140,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_size=settings.MAX_FILE_SIZE + MULTIPART_OVERHEAD_BYTES
     )
+    allow_long_part_headers(MAX_PART_HEADER_BYTES)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,

@@ -44,10 +44,19 @@ def libpq_dsn(url: URL) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now (held together while chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def listening_processes(pid: int, port: int) -> int:
@@ -62,6 +71,17 @@ def listening_processes(pid: int, port: int) -> int:
     )
 
 
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """The PostgreSQL server whose data directory is `pgdata`, and all its processes."""
+    postmasters = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "postgres"
+        and str(pgdata) in " ".join(process.info["cmdline"] or [])
+    ]
+    return postmasters + [child for p in postmasters for child in p.children(recursive=True)]
+
+
 async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 30) -> None:
     """Wait until `count` processes under `pid` listen on `port`: with several workers, one
     ready worker does not mean that the others take connections yet."""
@@ -72,29 +92,35 @@ async def wait_for_listeners(pid: int, port: int, count: int, seconds: float = 3
     raise RuntimeError(f"fewer than {count} processes listen on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and its children (a server's
+    workers, a store's helpers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @dataclass(frozen=True)
 class RunningApp:
     url: str
     pid: int
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the server and its worker processes: what
-        the benchmarks divide by the requests served, steadier than throughput on a shared
-        machine."""
-        root = psutil.Process(self.pid)
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        """CPU time used so far by the server and its worker processes: what the benchmarks
+        divide by the requests served, steadier than throughput on a shared machine."""
+        return cpu_seconds(self.pid)
 
 
 @asynccontextmanager
 async def running_app(
     environment: dict[str, str], checkout: Path = ROOT
 ) -> AsyncIterator[RunningApp]:
-    """`python -m app serve` in its own process (as in production), once it is ready.
+    """`python -m app serve` in its own process (as in production), once it is ready; its URL
+    and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
     earlier commit side by side with this one (the benchmarks' `--baseline`)."""
@@ -165,67 +191,83 @@ def summary(values: list[float]) -> str:
     )
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class KeepAliveClient:
     """A minimal HTTP/1.1 client over a few keep-alive connections.
 
     The benchmarks measure the service, so the client must cost next to nothing: httpx alone
-    adds about a millisecond per request here, more than the service spends on a search."""
+    adds about a millisecond per request here, more than the service spends on a search.
+
+    A server closes kept-alive connections that stay idle (uvicorn after `timeout_keep_alive`,
+    5 s), as the connections do while a benchmark prepares its next 12 MP bodies. A request
+    that finds its connection closed before any answer came is sent again on a new one, as
+    browsers and HTTP libraries do: the server never read it."""
 
     def __init__(self, base_url: str, connections: int) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self.host, self.port, self.size = host, int(port), connections
         # Last in, first out: one request at a time reuses one connection, as clients do.
-        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.LifoQueue()
-        )
+        # None: a connection to open when it is next needed.
+        self.idle: asyncio.Queue[Connection | None] = asyncio.LifoQueue()
 
     async def __aenter__(self) -> "KeepAliveClient":
         for _ in range(self.size):
-            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            self.idle.put_nowait(await self._connect())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         while not self.idle.empty():
-            _, writer = self.idle.get_nowait()
-            writer.close()
+            if (connection := self.idle.get_nowait()) is not None:
+                connection[1].close()
+
+    async def _connect(self) -> Connection:
+        return await asyncio.open_connection(self.host, self.port)
 
     async def request(
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
-        """Send one request on an idle connection. A connection the server has closed since its
-        last use (uvicorn closes idle keep-alive connections after 5 s) is replaced and the
-        request sent again once; a request that was never answered is safe to resend."""
-        connection = await self.idle.get()
-        try:
-            try:
-                return await self._exchange(connection, method, path, body, content_type)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                connection[1].close()
-                connection = await asyncio.open_connection(self.host, self.port)
-                return await self._exchange(connection, method, path, body, content_type)
-        finally:
-            self.idle.put_nowait(connection)
-
-    async def _exchange(
-        self,
-        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        method: str,
-        path: str,
-        body: bytes,
-        content_type: str,
-    ) -> tuple[int, bytes]:
-        reader, writer = connection
+        """Send one request on an idle connection; its status and body. A connection the server
+        closed before answering is replaced and the request sent once more; one it closed
+        after its answer began is an error; one whose answer says `Connection: close` is not
+        used again."""
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
         if body:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        writer.write(head.encode() + b"\r\n" + body)
-        await writer.drain()
-        header = await reader.readuntil(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        length = next(
-            int(line.split(":", 1)[1])
-            for line in lines
-            if line.lower().startswith("content-length")
-        )
-        return status, await reader.readexactly(length)
+        message = head.encode() + b"\r\n" + body
+        connection = await self.idle.get()
+        kept: Connection | None = None
+        try:
+            if connection is None or connection[0].at_eof():
+                connection = await self._connect()
+            try:
+                status, answer, keep_alive = await _exchange(connection, message)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise  # the server had started to answer: not safe to send again
+                connection[1].close()
+                connection = await self._connect()
+                status, answer, keep_alive = await _exchange(connection, message)
+            if keep_alive:
+                kept = connection
+            else:
+                connection[1].close()
+            return status, answer
+        finally:
+            self.idle.put_nowait(kept)
+
+
+async def _exchange(connection: Connection, message: bytes) -> tuple[int, bytes, bool]:
+    """Send one request, read its answer: status, body, whether the connection stays open."""
+    reader, writer = connection
+    writer.write(message)
+    await writer.drain()
+    header = await reader.readuntil(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(lines[0].split()[1]), body, fields.get("connection", "").lower() != "close"

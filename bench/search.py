@@ -19,7 +19,8 @@ Loads N clustered vectors with COPY, builds the configured index, then
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
 
 Index settings come from the environment, as for the service (VECTOR_INDEX, HNSW_EF_SEARCH, ...).
-Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL.
+Uses DATABASE_URL's server if set (in a database of its own), else an embedded PostgreSQL; with
+STORAGE_BACKEND=s3 the app runs on S3_ENDPOINT_URL's store, else on a SeaweedFS of its own.
 """
 
 import argparse
@@ -58,6 +59,7 @@ from bench.harness import (
     running_app,
     summary,
 )
+from bench.seaweedfs import storage_environment
 
 MODEL = "perceptual"  # the service's default model, so /similar compares these rows
 QUERIES = 200
@@ -69,7 +71,8 @@ SELF_HIT_QUERIES = 2000  # stored images searched for the tail figures
 
 
 async def run(rows: int, baseline: Path | None, grown: bool) -> None:
-    settings = Settings()
+    # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
+    settings = Settings(STORAGE_BACKEND="local")
     index = settings.vector_index
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
@@ -156,7 +159,8 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         async def sql_call_nothing_passes(number: int) -> object:
             return await sql_call(number, threshold=0.999)
 
-        environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+        storage = stack.enter_context(storage_environment("bench-search"))
+        environment = {"DATABASE_URL": url.render_as_string(hide_password=False), **storage}
         apps = {"http": ROOT_CHECKOUT} | ({"baseline http": baseline} if baseline else {})
         clients: dict[str, KeepAliveClient] = {}
         servers: dict[str, RunningApp] = {}

@@ -11,6 +11,9 @@ For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
     .venv/bin/python -m bench.upload                # a server process per core
     WORKERS=1 .venv/bin/python -m bench.upload      # one server process
     .venv/bin/python -m bench.upload --baseline ../earlier-checkout   # A/B, same run
+    STORAGE_BACKEND=s3 .venv/bin/python -m bench.upload   # images in a SeaweedFS of its own
+
+bench/storage.py compares the two stores side by side.
 """
 
 import argparse
@@ -38,6 +41,7 @@ from bench.harness import (
     postgres_server,
     running_app,
 )
+from bench.seaweedfs import storage_environment
 
 SIZES = {"1MP": (1155, 866), "12MP": (4000, 3000)}
 UPLOADS = {"1MP": 160, "12MP": 32}
@@ -71,7 +75,7 @@ def multipart(data: bytes, filename: str) -> bytes:
 
 
 def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
-    settings = Settings()
+    settings = Settings(STORAGE_BACKEND="local")  # the image work only: no store
     embedder = create_embedder(settings)
     files = [variant(jpeg, offset + n) for n in range(count)]
 
@@ -128,10 +132,12 @@ async def run(baseline: Path | None) -> None:
     counter = 0
     rows = []
     workers = os.environ.get("WORKERS", str(min(os.cpu_count() or 1, 8)))
-    print(f"app: WORKERS={workers}", flush=True)
+    backend = os.environ.get("STORAGE_BACKEND", "local")
+    print(f"app: WORKERS={workers} STORAGE_BACKEND={backend}", flush=True)
     checkouts = {"http": ROOT} | ({"baseline": baseline} if baseline else {})
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
+        storage = stack.enter_context(storage_environment("bench-upload"))
         clients: dict[str, KeepAliveClient] = {}
         apps: dict[str, RunningApp] = {}
         for number, (name, checkout) in enumerate(checkouts.items()):
@@ -140,6 +146,7 @@ async def run(baseline: Path | None) -> None:
                 "DATABASE_URL": url.render_as_string(hide_password=False),
                 # Deployed for throughput: a worker process per core (as docker-compose does).
                 "WORKERS": workers,
+                **storage,
             }
             apps[name] = await stack.enter_async_context(running_app(environment, checkout))
             clients[name] = await stack.enter_async_context(KeepAliveClient(apps[name].url, 9))

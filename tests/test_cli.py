@@ -147,7 +147,7 @@ async def test_search_prints_the_most_similar_images_as_a_table(
     assert 0.9 < score < 0.9999
     assert strict.splitlines()[-1] == "0 similar image(s)"
     assert lenient.splitlines()[1:] == lines[1:]
-    assert missing_code == 1 and "nope.jpg" in message
+    assert (missing_code, message.strip()) == (1, f"error: {tmp_path / 'nope.jpg'} is not a file")
 
 
 async def test_help_loads_none_of_the_heavy_libraries() -> None:
@@ -273,6 +273,7 @@ async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_serve
     code, output = await run_cli(["reindex"], environment)
 
     assert code == 0
+    assert len(output.splitlines()) == 3, output
     building, built, summary = output.splitlines()
     assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
     assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"

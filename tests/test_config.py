@@ -43,7 +43,7 @@ def test_comma_separated_lists_and_case_insensitive_log_level() -> None:
 
 def test_unknown_extensions_and_out_of_range_values_are_refused() -> None:
     for values in (
-        {"ALLOWED_EXTENSIONS": ".tiff"},
+        {"ALLOWED_EXTENSIONS": ".jxl"},
         {"SIMILARITY_THRESHOLD": 2},
         {"MAX_FILE_SIZE": 0},
     ):

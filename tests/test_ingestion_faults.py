@@ -9,37 +9,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-import psutil
-from sqlalchemy import URL, make_url
+from sqlalchemy import make_url
 
-from app.core.config import Settings
-from app.core.database import create_engine
 from app.core.embedded_postgres import EmbeddedPostgres
-from app.core.resources import create_store
-from app.services.consistency import MissingFile, check_storage
-from bench.harness import free_port
+from bench.harness import free_port, postgres_processes
 from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
-from tests.support.database import row_count
 from tests.support.images import encode, jpeg_bytes, scene
 from tests.support.live_server import live_server, wait_until_ready
+from tests.support.storage import storage_state
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def stored_state(settings: Settings, url: URL) -> tuple[int, list[str], list[MissingFile]]:
-    """(rows, files without rows, rows without files)."""
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            rows = await row_count(connection)
-            report = await check_storage(
-                connection, store=create_store(settings), repair=False, min_age_seconds=-1
-            )
-    finally:
-        await engine.dispose()
-    return rows, report.orphan_files, report.missing_files
+UPLOAD = "/api/v1/images/upload"
 
 
 async def test_concurrent_identical_uploads_store_one_row_and_one_file(
@@ -58,7 +41,7 @@ async def test_concurrent_identical_uploads_store_one_row_and_one_file(
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [200] * 7 + [201]
     assert len({response.json()["id"] for response in responses}) == 1
-    rows, orphans, missing = await stored_state(settings, url)
+    rows, orphans, missing = await storage_state(settings, url)
     assert (rows, orphans, missing) == (1, [], [])
     assert len([p for p in settings.image_dir.rglob("*") if p.is_file()]) == 1
 
@@ -86,19 +69,9 @@ async def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=base_url) as client:
             assert (await client.get("/api/v1/health/live")).status_code == 200
-    rows, orphans, missing = await stored_state(settings, url)
+    rows, orphans, missing = await storage_state(settings, url)
     assert (rows, orphans, missing) == (0, [], [])
     assert [p for p in settings.image_dir.rglob("*") if p.is_file()] == []
-
-
-def postgres_processes(pgdata: Path) -> list[psutil.Process]:
-    postmasters = [
-        process
-        for process in psutil.process_iter(["name", "cmdline"])
-        if process.info["name"] == "postgres"
-        and str(pgdata) in " ".join(process.info["cmdline"] or [])
-    ]
-    return postmasters + [child for p in postmasters for child in p.children(recursive=True)]
 
 
 async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path: Path) -> None:
@@ -137,7 +110,7 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
 
             await asyncio.gather(uploader(0), uploader(1), uploader(2), faults())
             # The service comes back by itself: no restart, just a little patience.
-            ready = await wait_until_ready(client)
+            ready = await wait_until_ready(client, seconds=120)
             # Whatever was refused during the faults can simply be sent again.
             retried = [
                 await client.post("/api/v1/images/upload", files={"file": ("r.jpg", pictures[n])})
@@ -150,7 +123,7 @@ async def test_uploads_survive_the_embedded_database_dying_and_stalling(tmp_path
 
         dsn = EmbeddedPostgres(settings.embedded_pgdata_dir).start()  # the one running
         url = make_url(dsn).set(drivername="postgresql+asyncpg", database=settings.POSTGRES_DB)
-        rows, orphans, missing = await stored_state(settings, url)
+        rows, orphans, missing = await storage_state(settings, url)
 
     assert set(statuses) <= {201, 503}, statuses
     assert ready
@@ -207,3 +180,72 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
     assert postgres_processes(tmp_path / "data" / "postgres") == []
+
+
+async def test_a_stalled_database_gets_every_endpoint_a_503_and_readiness_not_ready(
+    tmp_path: Path,
+) -> None:
+    # How soon the answers come is measured by `python -m bench.stall`; here the client waits
+    # at most 10 s, less than a stalled database used to hold a request (12 s).
+    settings = make_settings(tmp_path, DB_STATEMENT_TIMEOUT=1.0)  # embedded PostgreSQL
+    picture = encode(scene(160, 120, seed=3), "JPEG")
+    with live_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            image_id = (await client.post(UPLOAD, files={"file": ("a.jpg", picture)})).json()["id"]
+            # Pooled connections as well as new ones meet the stalled server.
+            await asyncio.gather(*(client.get("/api/v1/images/") for _ in range(4)))
+            stalled = postgres_processes(settings.embedded_pgdata_dir)
+            for process in stalled:
+                process.suspend()
+            try:
+                answers = {
+                    f"{method} {path}": await client.request(method, path, files=files)
+                    for method, path, files in stalled_requests(image_id, picture)
+                }
+                probes = {
+                    path: await client.get(path)
+                    for path in (
+                        "/api/v1/health/ready",
+                        "/api/v1/health",
+                        "/api/v1/health/detailed",
+                        "/api/v1/health/live",
+                    )
+                }
+            finally:
+                for process in stalled:
+                    process.resume()
+            back = await wait_until_ready(client)
+
+    for request, response in answers.items():
+        assert response.status_code == 503, (request, response.text)
+        assert response.json()["code"] == "database_unavailable", request
+        assert response.headers["retry-after"].isdigit()
+    assert probes["/api/v1/health/ready"].status_code == 503
+    # The store still answers: only the database is named.
+    assert probes["/api/v1/health/ready"].json() == {
+        "status": "not_ready",
+        "database": "unavailable",
+        "storage": "ok",
+    }
+    assert probes["/api/v1/health"].json()["database"] == "unavailable"
+    assert probes["/api/v1/health/detailed"].status_code == 503
+    assert probes["/api/v1/health/detailed"].json()["database"]["status"] == "unavailable"
+    assert probes["/api/v1/health/live"].status_code == 200
+    assert back
+
+
+def stalled_requests(image_id: str, picture: bytes) -> list[tuple[str, str, Any]]:
+    """Every endpoint that needs the database: method, path, multipart files."""
+    image = f"/api/v1/images/{image_id}"
+    upload = {"file": ("b.jpg", picture)}
+    return [
+        ("GET", "/api/v1/images/", None),
+        ("GET", image, None),
+        ("GET", f"{image}/similar", None),
+        ("GET", f"{image}/file", None),
+        ("GET", f"{image}/thumbnail", None),
+        ("POST", UPLOAD, upload),
+        ("POST", "/api/v1/images/search", upload),
+        ("DELETE", image, None),
+        ("GET", "/metrics", None),
+    ]

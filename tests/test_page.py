@@ -135,6 +135,11 @@ async def test_upload_see_the_near_duplicate_refine_the_search_and_delete_in_a_b
                 "fetch(document.querySelector('link[rel=icon]').href)"
                 ".then(r => [r.status, r.headers.get('content-type')])"
             )
+            # The file chooser offers what this instance accepts, as /info lists it.
+            await page.wait_for_function(
+                "document.getElementById('file-input').accept.includes('image/heic')"
+            )
+            accept = await page.get_attribute("#file-input", "accept")
 
             await page.set_input_files("#file-input", str(photo))
             await status_is("1 similar picture(s) for holiday.jpg.")
@@ -225,6 +230,10 @@ async def test_upload_see_the_near_duplicate_refine_the_search_and_delete_in_a_b
         async with httpx.AsyncClient(base_url=base_url) as api:
             listing = (await api.get("/api/v1/images/")).json()
 
+    assert accept is not None
+    assert {"image/jpeg", "image/webp", "image/avif", "image/tiff", ".heic"} <= set(
+        accept.split(",")
+    )
     assert icon == [200, "image/svg+xml"]
     assert browser.blocked == []
     # The only failed request is the refused file: no favicon 404, no refused search.

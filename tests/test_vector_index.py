@@ -249,3 +249,31 @@ async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
 
     assert first_scan_empty_handed >= 10
     assert service_empty_handed == 0
+
+
+async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, "lonely_search", index)
+    await ensure_vector_index(engine, index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
+
+    # Every image has neighbours scoring about 0.8 to 0.9 (its cluster).
+    lonely_first_scans, empty_answers = 0, 0
+    async with engine.connect() as connection:
+        for query in range(0, 2000, 5):
+            first = (
+                await connection.exec_driver_sql(
+                    search.nearest_images_sql(index), (ids[query], MODEL, 6, 0.4, 5)
+                )
+            ).all()
+            lonely_first_scans += first[0].self_found and first[0].id is None
+            matches = await search.find_similar_images(connection, ids[query], options)
+            empty_answers += not matches
+    await engine.dispose()
+
+    assert lonely_first_scans >= 5
+    assert empty_answers == 0

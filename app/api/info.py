@@ -27,7 +27,8 @@ async def service_info(resources: ResourcesDep) -> ServiceInfo:
             max_frames=settings.MAX_FRAMES,
             accepted_formats=formats,
             accepted_content_types=[BY_NAME[name].content_type for name in formats],
-            allowed_extensions=settings.ALLOWED_EXTENSIONS,
+            # JPEG's and PNG's too, which are accepted whatever ALLOWED_EXTENSIONS says.
+            allowed_extensions=[ext for name in formats for ext in BY_NAME[name].extensions],
         ),
         embedding=EmbeddingInfo(model=embedder.name, dimension=embedder.dimension),
         similarity_threshold=settings.SIMILARITY_THRESHOLD,

@@ -90,14 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     reembed.add_argument("--batch-size", type=int, default=100, help="rows per commit")
     reembed.set_defaults(handler="admin:reembed")
     check = commands.add_parser(
-        "check", help="compare stored files with rows; --repair removes files without rows"
+        "check",
+        help="compare stored files (local or S3) with rows; --repair removes files without rows",
     )
     check.add_argument("--repair", action="store_true", help="remove orphan files")
     check.add_argument(
         "--min-age",
         type=float,
         default=None,
-        help="leave files younger than this many seconds (uploads in flight; default 60)",
+        help="leave files younger than this many seconds (uploads in flight on any replica; "
+        "default STORAGE_GRACE_SECONDS)",
     )
     check.set_defaults(handler="admin:check")
     commands.add_parser(

@@ -13,6 +13,7 @@ from app.core.config import get_settings
 from app.core.database import open_database, prepare_vector_index
 from app.core.resources import create_embedder, create_store, open_resources
 from app.core.vector_index import IndexStatus
+from app.errors import StorageUnavailable
 from app.imaging.cnn import CnnUnavailable, check_available
 from app.services.consistency import StorageReport, check_storage
 from app.services.reembed import ReembedProgress, reembed_images
@@ -100,22 +101,30 @@ def check(arguments: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     async def run() -> StorageReport:
+        store = await create_store(settings)
         async with (
             open_database(settings, prepare_index=False) as database,
             database.engine.connect() as connection,
         ):
             return await check_storage(
                 connection,
-                store=create_store(settings),
+                store=store,
                 repair=arguments.repair,
-                **({} if arguments.min_age is None else {"min_age_seconds": arguments.min_age}),
+                grace_seconds=settings.STORAGE_GRACE_SECONDS
+                if arguments.min_age is None
+                else arguments.min_age,
             )
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except StorageUnavailable:
+        sys.exit(f"error: the {settings.STORAGE_BACKEND} image store cannot be reached")
     for name in report.staging_leftovers:
         print(f"staging leftover: {name}")
-    for path in report.orphan_files:
-        print(f"file without a row: {path}")
+    for key in report.orphan_files:
+        print(f"file without a row: {key}")
+    for key in report.orphan_thumbnails:
+        print(f"thumbnail without a row: {key}")
     for missing in report.missing_files:
         print(f"row without a file: {missing.id} ({missing.filename})")
     print(f"check: {check_summary(report, repaired=arguments.repair)}")
@@ -124,15 +133,24 @@ def check(arguments: argparse.Namespace) -> None:
 
 
 def check_summary(report: StorageReport, *, repaired: bool) -> str:
-    """One line: how many of each kind were found, and what was done about them."""
-    leftovers = _count(len(report.staging_leftovers), "staging leftover", "staging leftovers")
-    orphans = _count(len(report.orphan_files), "file without a row", "files without a row")
+    """One line: how many of each kind were found, and what was done about them. Thumbnails
+    without a row are named only when there are some: they are a cache, made again on demand."""
+    removable = [
+        _count(len(report.staging_leftovers), "staging leftover", "staging leftovers"),
+        _count(len(report.orphan_files), "file without a row", "files without a row"),
+    ]
+    if report.orphan_thumbnails:
+        removable.append(
+            _count(
+                len(report.orphan_thumbnails), "thumbnail without a row", "thumbnails without a row"
+            )
+        )
     missing = _count(len(report.missing_files), "row without a file", "rows without a file")
-    removable = report.staging_leftovers or report.orphan_files
-    if repaired and removable:
-        return f"removed {leftovers} and {orphans}; {missing}"
-    summary = f"{leftovers}, {orphans}, {missing}"
-    if removable:
+    found = report.staging_leftovers or report.orphan_files or report.orphan_thumbnails
+    if repaired and found:
+        return f"removed {', '.join(removable[:-1])} and {removable[-1]}; {missing}"
+    summary = ", ".join([*removable, missing])
+    if found:
         summary += " (`check --repair` removes the leftovers and the files without a row)"
     return summary
 

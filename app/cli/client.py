@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app.imaging.formats import sniff_format
+from app.imaging.formats import SNIFF_BYTES, sniff_format
 
 # Connection failures, as opposed to the service answering: nothing listens at the URL.
 _NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -57,7 +57,7 @@ def find_images(directory: Path, *, recursive: bool) -> tuple[list[Path], list[P
         if not path.is_file():
             continue
         with path.open("rb") as file:
-            head = file.read(16)
+            head = file.read(SNIFF_BYTES)
         (images if sniff_format(head) else others).append(path)
     return images, others
 

@@ -67,6 +67,8 @@ def _print_import_summary(report: ImportReport, skipped: list[Path]) -> None:
 
 
 def search(arguments: argparse.Namespace) -> None:
+    if not Path(arguments.file).is_file():
+        sys.exit(f"error: {arguments.file} is not a file")
     try:
         body = asyncio.run(
             search_with_file(

@@ -5,6 +5,10 @@ counted as it arrives and refused at the first byte over the cap. Both end as a 
 the app's error handler.
 """
 
+from types import FunctionType
+from typing import cast
+
+from python_multipart.multipart import MultipartParser
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,3 +42,16 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def allow_long_part_headers(max_bytes: int) -> None:
+    """Let a multipart part's header line be up to `max_bytes` long.
+
+    python-multipart refuses a longer line than 4 KiB, a guard against unbounded buffering,
+    and Starlette answers that with 400 "Invalid multipart data.". A filename of a few thousand
+    characters is such a line, and it is metadata the service shortens; the body as a whole is
+    capped by the middleware above. Starlette builds the parser itself with the library's
+    default, so the default is what can be changed (for every parser of the process)."""
+    defaults = cast(FunctionType, MultipartParser.__init__).__kwdefaults__
+    if defaults is not None:
+        defaults["max_header_size"] = max_bytes

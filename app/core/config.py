@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from PIL import Image as PILImage
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import URL, make_url
 
@@ -15,6 +15,8 @@ from app.imaging.formats import ALWAYS_ALLOWED, BY_EXTENSION
 
 SERVICE_NAME = "image-similarity-service"
 SERVICE_VERSION = "0.1.0"
+# Requests' statements take milliseconds (bench/search.py); two seconds is a stalled server.
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class Settings(BaseSettings):
     # refused by our own check, from its header, before anything is decoded.
     MAX_IMAGE_PIXELS: int = Field(default=50_000_000, gt=0, le=PILImage.MAX_IMAGE_PIXELS or 2**31)
     MAX_FRAMES: int = Field(default=100, ge=1, le=100_000)
-    ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = [".jpg", ".jpeg", ".png", ".gif", ".bmp"]
+    # Every format the service reads: what cameras and phones (JPEG, HEIC), browsers and web
+    # tools (PNG, WebP, AVIF, GIF), scanners (TIFF) and old editors (BMP) write.
+    ALLOWED_EXTENSIONS: Annotated[list[str], NoDecode] = list(BY_EXTENSION)
 
     # Embeddings and search
     EMBEDDING_MODEL: Literal["perceptual", "hash", "cnn"] = "perceptual"
@@ -104,11 +108,41 @@ class Settings(BaseSettings):
     IVFFLAT_PROBES: int = Field(default=20, ge=1, le=32768)
     INDEX_BUILD_MEMORY: str = Field(default="1GB", pattern=r"^\d+\s*(kB|MB|GB)$")
 
+    # Image storage (see README, "Running on several machines"). `local`: files under STORAGE_DIR;
+    # `s3`: objects in an S3-compatible bucket, shared by every replica.
+    STORAGE_BACKEND: Literal["local", "s3"] = "local"
+    S3_ENDPOINT_URL: str | None = None  # unset: AWS S3 of S3_REGION
+    # Where clients reach the store, for signed URLs (FILE_REDIRECT=signed); unset: the same.
+    S3_PUBLIC_ENDPOINT_URL: str | None = None
+    S3_BUCKET: str | None = None
+    S3_REGION: str = "us-east-1"
+    S3_PREFIX: str = Field(default="", pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$")
+    # The standard AWS names; unset, the usual AWS credential chain applies (AWS_SESSION_TOKEN,
+    # web identity, container and instance credentials).
+    AWS_ACCESS_KEY_ID: SecretStr | None = None
+    AWS_SECRET_ACCESS_KEY: SecretStr | None = None
+    # Each request to the store, whole (connect included), and its connect phase alone.
+    S3_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
+    S3_CONNECT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
+    # Retries of a failed request (5xx, connection errors), within S3_RETRY_TIMEOUT_SECONDS.
+    S3_MAX_RETRIES: int = Field(default=2, ge=0, le=10)
+    S3_RETRY_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
+    # `/file` answers with a redirect to a signed URL of the object instead of its bytes.
+    FILE_REDIRECT: Literal["off", "signed"] = "off"
+    FILE_REDIRECT_EXPIRY_SECONDS: int = Field(default=300, ge=1, le=604_800)  # SigV4 allows 7 days
+    # The sweep (files without rows, leftovers): at start-up, then every this many seconds
+    # (0: at start-up only). Objects younger than the grace period are never touched.
+    STORAGE_SWEEP_INTERVAL_SECONDS: float = Field(default=3600.0, ge=0)
+    STORAGE_GRACE_SECONDS: float = Field(default=600.0, ge=0)
+
     # Concurrency
     WORKERS: int = Field(default=1, ge=1, le=64)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
     IMAGE_WORKERS: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256)
+    # Longest a request's SQL statement may take, in seconds: then it is cancelled and the
+    # request answers 503. Also how long a stalled database keeps a request waiting.
+    DB_STATEMENT_TIMEOUT: float = Field(default=DEFAULT_STATEMENT_TIMEOUT_SECONDS, gt=0, le=3600)
     # Uploads and searches by upload that may wait for one of the IMAGE_WORKERS (per process);
     # beyond that they are refused with 503 and Retry-After before their body is read.
     UPLOAD_QUEUE_LIMIT: int = Field(default=16, ge=0, le=100_000)
@@ -137,6 +171,14 @@ class Settings(BaseSettings):
             known = ", ".join(BY_EXTENSION)
             raise ValueError(f"unsupported extensions {unknown}; known: {known}")
         return normalised
+
+    @model_validator(mode="after")
+    def _storage_complete(self) -> "Settings":
+        if self.STORAGE_BACKEND == "s3" and not self.S3_BUCKET:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if self.FILE_REDIRECT == "signed" and self.STORAGE_BACKEND != "s3":
+            raise ValueError("FILE_REDIRECT=signed needs STORAGE_BACKEND=s3")
+        return self
 
     @property
     def allowed_formats(self) -> frozenset[str]:

@@ -14,12 +14,13 @@ from typing import Any, Literal
 
 import asyncpg
 from sqlalchemy import URL, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import Settings
+from app.core.config import DEFAULT_STATEMENT_TIMEOUT_SECONDS, Settings
 from app.core.embedded_postgres import EmbeddedPostgres, ensure_database, watched
 from app.core.vector_index import IndexStatus, ensure_vector_index, schema_lock, search_settings
 from app.errors import SchemaMismatch
@@ -29,11 +30,9 @@ logger = logging.getLogger(__name__)
 INIT_SQL_PATH = Path(__file__).resolve().parents[2] / "init.sql"
 
 # Fail fast when PostgreSQL is unreachable or stalled instead of hanging requests: a connection
-# attempt, a wait for a pooled connection and any statement get a few seconds each. The
-# statement timeout is enforced by the client too, so it holds when the server is stalled.
-CONNECT_TIMEOUT_SECONDS = 5
-COMMAND_TIMEOUT_SECONDS = 10
-STATEMENT_TIMEOUT_MS = 10_000
+# attempt and a wait for a pooled connection get this long each; statements get
+# DB_STATEMENT_TIMEOUT. Connecting to a local or nearby server takes milliseconds.
+CONNECT_TIMEOUT_SECONDS = 2.0
 
 DatabaseMode = Literal["embedded", "external"]
 
@@ -49,12 +48,15 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     server_settings: dict[str, str] | None = None,
-    command_timeout: float | None = COMMAND_TIMEOUT_SECONDS,
+    statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> AsyncEngine:
     """An engine whose connections are in autocommit mode until `transaction()` says otherwise.
 
-    `server_settings` are set on every connection at connect time (the index scan settings);
-    `command_timeout=None` is for maintenance work that may take minutes (index builds)."""
+    `server_settings` are set on every connection at connect time (the index scan settings).
+    `statement_timeout` (seconds) bounds every statement twice: PostgreSQL cancels it
+    (`statement_timeout`) and the client stops waiting (asyncpg's `command_timeout`), which is
+    what still holds when the server is stalled; None is for maintenance work that may take
+    minutes (schema changes, index builds)."""
     engine = create_async_engine(
         url,
         # Set once per new connection; switching per checkout costs CPU on every request.
@@ -64,15 +66,17 @@ def create_engine(
         pool_timeout=CONNECT_TIMEOUT_SECONDS,
         connect_args={
             "timeout": CONNECT_TIMEOUT_SECONDS,
-            "command_timeout": command_timeout,
+            "command_timeout": statement_timeout,
             "server_settings": {
-                "statement_timeout": str(STATEMENT_TIMEOUT_MS if command_timeout else 0),
+                "statement_timeout": str(round((statement_timeout or 0) * 1000)),
                 "application_name": "image-similarity-service",
                 **(server_settings or {}),
             },
         },
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
+    event.listen(engine.sync_engine, "handle_error", _discard_on_client_timeout)
+    event.listen(engine.sync_engine, "invalidate", _close_at_once)
     return engine
 
 
@@ -83,6 +87,21 @@ def _discard_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -
     similarity search, `bench.search`): asyncpg notices the closed socket by itself."""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("connection closed by the server")
+
+
+def _discard_on_client_timeout(context: ExceptionContext) -> None:
+    """A statement the client gave up on (asyncpg's TimeoutError) got no answer, not even the
+    server's own cancellation at the same deadline: the server is stalled or out of reach.
+    Its connection is discarded rather than rolled back, which would wait as long again."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
+
+
+def _close_at_once(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+    """A discarded connection is closed at once. SQLAlchemy would first try a polite close,
+    which waits two seconds for a stalled server to answer; PostgreSQL cleans up after a
+    closed socket by itself."""
+    dbapi_connection.driver_connection.terminate()
 
 
 def _in_autocommit(connection: AsyncConnection) -> bool:
@@ -111,7 +130,10 @@ async def transaction(connection: AsyncConnection) -> AsyncIterator[AsyncConnect
         async with connection.begin():
             yield connection
     finally:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        # A discarded connection (the server went away) goes back to the pool to be replaced;
+        # changing its options would reconnect first.
+        if not connection.invalidated:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 # asyncpg's errors for lost or refused connections, a server shutting down or starting up, and
@@ -203,23 +225,32 @@ async def open_database(
             pool_size=settings.DB_POOL_SIZE,
             max_overflow=settings.DB_MAX_OVERFLOW,
             server_settings=search_settings(settings.vector_index),
+            statement_timeout=settings.DB_STATEMENT_TIMEOUT,
         )
         stack.push_async_callback(engine.dispose)
-        await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+        async with maintenance_engine(url) as maintenance:
+            await apply_schema(maintenance, embedding_dimension=settings.EMBEDDING_DIMENSION)
         if prepare_index:
             await prepare_vector_index(url, settings)
         yield Database(engine, url)
 
 
+@asynccontextmanager
+async def maintenance_engine(url: URL) -> AsyncIterator[AsyncEngine]:
+    """One connection without statement timeouts, for work that may take minutes (a schema
+    change on a large table, an index build)."""
+    engine = create_engine(url, pool_size=1, max_overflow=0, statement_timeout=None)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def prepare_vector_index(
     url: URL, settings: Settings, *, rebuild: bool = False
 ) -> IndexStatus:
-    """Build or check the vector index, on a connection without statement timeouts (a build
-    can take minutes)."""
-    maintenance = create_engine(url, pool_size=1, max_overflow=0, command_timeout=None)
-    try:
+    """Build or check the vector index (on a maintenance connection)."""
+    async with maintenance_engine(url) as maintenance:
         status = await ensure_vector_index(maintenance, settings.vector_index, rebuild=rebuild)
-    finally:
-        await maintenance.dispose()
     logger.info("vector index %s: %s", status.action, status.definition or "none")
     return status

@@ -1,7 +1,10 @@
 """Request ids, one log line per request, and Prometheus metrics.
 
 One pure ASGI middleware does all three, so every response (errors included) carries its
-X-Request-ID and is counted and logged exactly once.
+X-Request-ID and is counted and logged exactly once. It also answers for any error nothing
+else handled: Starlette's own last resort (ServerErrorMiddleware, outside every middleware)
+would answer without the request id and then re-raise, so that uvicorn logs the error a second
+time and closes the kept-alive connection without saying so.
 """
 
 import json
@@ -26,8 +29,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import unexpected_error_response
+
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 access_logger = logging.getLogger("app.access")
+logger = logging.getLogger("app")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UPLOAD_ROUTE = "/api/v1/images/upload"
@@ -148,6 +154,7 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         status = 500
         received = 0
+        started_response = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -156,14 +163,23 @@ class ObservabilityMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
         try:
             await self.app(scope, counting_receive, send_with_id)
+        except Exception:
+            # One line, with the request id (the filter reads it) and the traceback.
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started_response:
+                # Too late for an error answer: uvicorn closes the connection of a response
+                # that was started and not finished, which is what the client must see.
+                status = 500
+                return
+            await unexpected_error_response()(scope, counting_receive, send_with_id)
         finally:
             self._record(scope, status, time.perf_counter() - started, received)
             request_id_var.reset(token)

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, VectorIndexConfig
 from app.core.database import Database, DatabaseMode, database_mode, open_database
+from app.core.local_store import LocalImageStore
 from app.core.observability import Metrics
 from app.core.storage import ImageStore
 from app.imaging.embeddings import Embedder
@@ -73,8 +74,16 @@ class Resources:
     started_at: float  # time.monotonic() at start-up
 
 
-def create_store(settings: Settings) -> ImageStore:
-    return ImageStore(settings.image_dir)
+async def create_store(settings: Settings) -> ImageStore:
+    """The STORAGE_BACKEND store, ready to use (the local folders made). Made in the process
+    that uses it (the lifespan, a command): the S3 client must not cross a fork."""
+    if settings.STORAGE_BACKEND == "s3":
+        from app.core.s3_store import S3ImageStore  # only deployments on S3 load the client
+
+        return S3ImageStore(settings)
+    local = LocalImageStore(settings.image_dir)
+    await run_in_threadpool(local.prepare)
+    return local
 
 
 def create_embedder(settings: Settings) -> Embedder:
@@ -94,8 +103,7 @@ async def open_resources(
     and build everything else from `settings`."""
     # The embedder first: a missing optional extra stops the start before anything runs.
     embedder = create_embedder(settings)
-    store = create_store(settings)
-    await run_in_threadpool(store.prepare)
+    store = await create_store(settings)
     async with _use_or_open(settings, database, prepare_index) as opened:
         yield Resources(
             settings=settings,

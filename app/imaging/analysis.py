@@ -1,26 +1,26 @@
-"""Validation, metadata extraction and embedding of uploaded bytes.
+"""Validation, metadata extraction and embedding of uploaded bytes. The embedder sees the
+picture as displayed (app/imaging/picture.py), as thumbnails do.
 
 Pure and synchronous (Pillow and numpy, no I/O): callers run it off the event loop.
 """
 
+import contextlib
 import hashlib
-import io
+import math
 import re
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image
 
-from app.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from app.errors import ImageTooLarge, UnsupportedImageFormat
 from app.imaging.embeddings import Embedder
 from app.imaging.formats import sniff_format
+from app.imaging.picture import as_displayed, decoding, displayed_size, open_image, orientation
 
-# EXIF orientations 5..8 rotate by 90 degrees: the displayed width and height are swapped.
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_TEXT_TAGS = {
     ExifTags.Base.Make: "camera_make",
     ExifTags.Base.Model: "camera_model",
@@ -31,9 +31,12 @@ _EXIF_IFD_TEXT_TAGS = {
     ExifTags.Base.DateTimeOriginal: "taken_at",
     ExifTags.Base.LensModel: "lens_model",
 }
-# PostgreSQL rejects NUL in text and JSONB; no control character is meaningful in metadata.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# PostgreSQL stores neither NUL nor unpaired surrogates in text and JSONB, and no control
+# character is meaningful in metadata.
+UNSTORABLE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _MAX_METADATA_TEXT = 128
+# Resolutions outside this range are not real (a zero or negative rational, a unit mix-up).
+_DPI_RANGE = (1.0, 100_000.0)
 
 
 @dataclass(frozen=True)
@@ -68,47 +71,39 @@ def analyse_image(
         accepted = ", ".join(sorted(allowed_formats))
         raise UnsupportedImageFormat(f"Unsupported image format; accepted formats: {accepted}")
 
-    image_format = sniffed.name
     digest = hashlib.sha256(data).digest()
-    try:
-        with Image.open(io.BytesIO(data), formats=[image_format]) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(f"Image has {width * height} pixels; the limit is {max_pixels}")
-            metadata = _describe(image)
-            if metadata["frames"] > max_frames:
-                raise ImageTooLarge(
-                    f"Image has {metadata['frames']} frames; the limit is {max_frames}"
-                )
+    with decoding(sniffed, max_pixels):
+        image = open_image(data, sniffed)
+    with image:  # the picture may be the opened image itself: embedded before it is closed
+        with decoding(sniffed, max_pixels):
+            stored_size = image.size
+            if stored_size[0] * stored_size[1] > max_pixels:
+                pixels = stored_size[0] * stored_size[1]
+                raise ImageTooLarge(f"Image has {pixels} pixels; the limit is {max_pixels}")
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > max_frames:
+                raise ImageTooLarge(f"Image has {frames} frames; the limit is {max_frames}")
+            mode, transparent = image.mode, image.has_transparency_data
+            # The file's own EXIF, read before Pillow's TIFF decoder drops the orientation tag
+            # as it turns the pixels.
+            exif = _safe_exif(image)
             # Decoding validates the whole stream (a truncated file fails here). JPEG can be
-            # decoded at a reduced scale, which is much faster and still reads every byte.
-            image.draft("RGB", (embedder.decode_side, embedder.decode_side))
+            # decoded at a reduced scale, which is much faster and still reads every byte;
+            # other decoders' reduced decodes (HEIF's embedded thumbnails) would skip the
+            # picture itself.
+            if sniffed.name == "JPEG":
+                image.draft("RGB", (embedder.decode_side, embedder.decode_side))
             image.load()
-            embedding = embedder.embed(_upright(image), content_sha256=digest)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"Image exceeds the pixel limit of {max_pixels}") from exc
-    # Pillow's plugins also fail on truncated or malformed streams with IndexError (a GIF cut
-    # inside a frame header) or struct.error (short reads of fixed-size fields).
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        IndexError,
-        struct.error,
-    ) as exc:
-        raise InvalidImage(
-            f"The file is not a valid {image_format} image (corrupt or truncated)"
-        ) from exc
-
-    orientation = metadata.get("exif", {}).get("orientation")
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        width, height = height, width
+            picture = as_displayed(image)
+            width, height = displayed_size(stored_size, orientation(image))
+            metadata = _describe(image, mode=mode, transparent=transparent, frames=frames)
+            if exif:
+                metadata["exif"] = exif
+        embedding = embedder.embed(picture, content_sha256=digest)
     metadata["embedding"] = {"model": embedder.name, "dimension": embedder.dimension}
     return AnalysedImage(
         content_hash=digest.hex(),
-        format=image_format,
+        format=sniffed.name,
         content_type=sniffed.content_type,
         extension=sniffed.extensions[0],
         width=width,
@@ -119,28 +114,16 @@ def analyse_image(
     )
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """The image as displayed: EXIF orientation applied (a broken EXIF block is ignored)."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF must never cost the upload
-        return image
-
-
-def _describe(image: Image.Image) -> dict[str, Any]:
+def _describe(image: Image.Image, *, mode: str, transparent: bool, frames: int) -> dict[str, Any]:
+    """The stored metadata: JSON values PostgreSQL can hold, odd ones left out."""
     metadata: dict[str, Any] = {
-        "mode": image.mode,
-        "has_transparency": image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}
-        or "transparency" in image.info,
-        "frames": int(getattr(image, "n_frames", 1)),
+        "mode": mode,
+        "has_transparency": transparent,
+        "frames": frames,
         "has_icc_profile": bool(image.info.get("icc_profile")),
     }
-    dpi = image.info.get("dpi")
-    if isinstance(dpi, tuple) and len(dpi) == 2:
-        metadata["dpi"] = [round(float(dpi[0]), 2), round(float(dpi[1]), 2)]
-    exif = _safe_exif(image)
-    if exif:
-        metadata["exif"] = exif
+    if (dpi := _dpi(image.info.get("dpi"))) is not None:
+        metadata["dpi"] = dpi
     return metadata
 
 
@@ -150,11 +133,11 @@ def _safe_exif(image: Image.Image) -> dict[str, Any]:
         exif = image.getexif()
         result: dict[str, Any] = {}
         for tag, key in _EXIF_TEXT_TAGS.items():
-            if (text := _clean_text(exif.get(tag))) is not None:
+            if (text := _exif_text(exif.get(tag))) is not None:
                 result[key] = text
         sub_ifd = exif.get_ifd(ExifTags.IFD.Exif)
         for tag, key in _EXIF_IFD_TEXT_TAGS.items():
-            if (text := _clean_text(sub_ifd.get(tag))) is not None:
+            if (text := _exif_text(sub_ifd.get(tag))) is not None:
                 result[key] = text
         orientation = exif.get(ExifTags.Base.Orientation)
         if isinstance(orientation, int) and 1 <= orientation <= 8:
@@ -164,10 +147,35 @@ def _safe_exif(image: Image.Image) -> dict[str, Any]:
         return {}
 
 
-def _clean_text(value: object) -> str | None:
+def _exif_text(value: object) -> str | None:
+    """EXIF text is ASCII by the standard and UTF-8 from most current software; Pillow reads it
+    as Latin-1, so UTF-8 is tried first."""
+    if isinstance(value, str):
+        with contextlib.suppress(UnicodeError):
+            value = value.encode("latin-1").decode("utf-8")
+    return clean_text(value)
+
+
+def _dpi(value: object) -> list[float] | None:
+    """Horizontal and vertical resolution, when both are finite and plausible."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        return None
+    try:
+        resolution = [float(value[0]), float(value[1])]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    low, high = _DPI_RANGE
+    if not all(math.isfinite(r) and low <= r <= high for r in resolution):
+        return None
+    return [round(r, 2) for r in resolution]
+
+
+def clean_text(value: object, max_length: int = _MAX_METADATA_TEXT) -> str | None:
+    """`value` as text PostgreSQL can store, without control characters, at most
+    `max_length` characters; None when nothing is left or it is not text."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if not isinstance(value, str):
         return None
-    text = CONTROL_CHARACTERS.sub("", value).strip()
-    return text[:_MAX_METADATA_TEXT] or None
+    text = UNSTORABLE_CHARACTERS.sub("", value).strip()
+    return text[:max_length] or None

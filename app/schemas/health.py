@@ -5,10 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+Availability = Literal["ok", "unavailable"]
+
 
 class HealthStatus(BaseModel):
     status: Literal["healthy", "unhealthy"]
-    database: Literal["ok", "unavailable"]
+    database: Availability
+    storage: Availability
     version: str
     timestamp: datetime
 
@@ -19,7 +22,13 @@ class LivenessStatus(BaseModel):
 
 class ReadinessStatus(BaseModel):
     status: Literal["ready", "not_ready"]
-    database: Literal["ok", "unavailable"]
+    database: Availability
+    storage: Availability
+
+
+class StorageHealth(BaseModel):
+    status: Availability
+    backend: Literal["local", "s3"]
 
 
 class DatabaseHealth(BaseModel):
@@ -54,6 +63,7 @@ class DetailedHealth(BaseModel):
     uptime_seconds: float
     timestamp: datetime
     database: DatabaseHealth
+    storage: StorageHealth
     image_count: int | None
     embedding: EmbeddingStatus
 

@@ -1,4 +1,4 @@
-"""Database checks for the health endpoints.
+"""Database and storage checks for the health endpoints.
 
 They take the engine, not a request connection: whether a connection can be had at all is what
 they report, so acquiring one is part of the check (and of its timeout)."""
@@ -10,10 +10,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.storage import ImageStore
 from app.core.vector_index import describe_vector_index
+from app.errors import StorageUnavailable
 from app.services.images import count_by_model
 
-CHECK_TIMEOUT_SECONDS = 3.0
+# Probes answer within this, whatever state the database or the store is in (readiness must
+# within 3 s); the two are checked at the same time.
+CHECK_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,22 @@ async def ping_database(engine: AsyncEngine) -> bool:
     except (SQLAlchemyError, OSError, TimeoutError):
         return False
     return True
+
+
+async def ping_store(store: ImageStore) -> bool:
+    """Whether the image store answers one cheap request within CHECK_TIMEOUT_SECONDS."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await store.check()
+    except (StorageUnavailable, TimeoutError):
+        return False
+    return True
+
+
+async def ping_all(engine: AsyncEngine, store: ImageStore) -> tuple[bool, bool]:
+    """(database answers, store answers), checked at the same time."""
+    database_ok, store_ok = await asyncio.gather(ping_database(engine), ping_store(store))
+    return database_ok, store_ok
 
 
 async def inspect_database(engine: AsyncEngine) -> DatabaseStatus:

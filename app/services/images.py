@@ -1,28 +1,40 @@
 """Image records: read, list, delete, count; the stored file and its thumbnails."""
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import Row, delete, exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from app.core.database import transaction
-from app.core.storage import ImageStore
-from app.errors import ImageFileMissing, ImageNotFound
-from app.imaging.thumbnail import ThumbnailFormat, render_thumbnail
+from app.core.storage import (
+    ByteRange,
+    ImageStore,
+    ObjectMissing,
+    ObjectReader,
+    thumbnail_key,
+    thumbnail_prefix,
+)
+from app.errors import ImageFileMissing, ImageNotFound, StorageUnavailable
+from app.imaging.thumbnail import MEDIA_TYPES, ThumbnailFormat, render_thumbnail
 from app.models.image import RECORD_COLUMNS, images
 
-# One transaction-scoped advisory lock per content hash serialises the writers of one file (an
-# upload and a delete of the same bytes).
-_LOCK_CONTENT_HASH = text("SELECT pg_advisory_xact_lock(hashtextextended(:hash, 0))")
+logger = logging.getLogger(__name__)
+
+# One transaction-scoped advisory lock per content hash serialises the writers of one object
+# (an upload, a delete and the sweep, on every replica: they share the database). Thumbnails
+# are made under a lock per thumbnail key (another seed, so the two never collide).
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, :seed))")
+_HASH_SEED, _THUMBNAIL_SEED = 0, 1
 
 
 async def lock_content_hash(connection: AsyncConnection, content_hash: str) -> None:
     """Hold the hash's lock until the current transaction ends."""
-    await connection.execute(_LOCK_CONTENT_HASH, {"hash": content_hash})
+    await connection.execute(_LOCK_KEY, {"key": content_hash, "seed": _HASH_SEED})
 
 
 async def get_image(connection: AsyncConnection, image_id: uuid.UUID) -> Row[tuple[object, ...]]:
@@ -42,14 +54,17 @@ class ImageFilter:
     uploaded_before: datetime | None = None
 
 
-async def get_stored_file(
-    connection: AsyncConnection, image_id: uuid.UUID, *, store: ImageStore
-) -> tuple[Row[tuple[object, ...]], Path]:
-    """The image's record and the path of its file (ImageFileMissing if the file is gone)."""
-    image = await get_image(connection, image_id)
-    if image.file_path is None or not store.exists(image.file_path):
-        raise ImageFileMissing(image_id)
-    return image, store.absolute_path(image.file_path)
+async def open_stored_file(
+    image: Row[tuple[object, ...]], *, store: ImageStore, byte_range: ByteRange | None = None
+) -> ObjectReader:
+    """The image's file (or `byte_range` of it), opened for streaming (ImageFileMissing if it
+    is gone)."""
+    if image.file_path is None:
+        raise ImageFileMissing(image.id)
+    try:
+        return await store.open(image.file_path, byte_range)
+    except ObjectMissing as exc:
+        raise ImageFileMissing(image.id) from exc
 
 
 async def list_images(
@@ -78,7 +93,9 @@ async def list_images(
 async def delete_image(
     connection: AsyncConnection, image_id: uuid.UUID, *, store: ImageStore
 ) -> None:
-    """Delete the row, commit, then remove the file unless the same bytes were re-uploaded."""
+    """Delete the row, commit, then remove the object and its thumbnails unless the same bytes
+    were uploaded again meanwhile. The row's commit is the delete: if the store cannot be
+    reached afterwards, the object stays until the sweep removes it."""
     async with transaction(connection):
         row = (
             await connection.execute(
@@ -99,18 +116,55 @@ async def delete_image(
             select(exists().where(images.c.content_hash == content_hash))
         )
         if not reuploaded:
-            await run_in_threadpool(store.remove, relative_path)
-            await run_in_threadpool(store.remove_thumbnails, content_hash)
+            try:
+                await remove_stored_objects(store, content_hash, relative_path)
+            except StorageUnavailable:
+                logger.warning("image %s deleted; its object is left to the sweep", image_id)
 
 
-def cached_thumbnail(
-    store: ImageStore, source: Path, content_hash: str, size: int, image_format: ThumbnailFormat
-) -> Path:
-    """The cached thumbnail's path, made first if needed. Synchronous: run it off the loop."""
-    target = store.thumbnail_path(content_hash, size, image_format)
-    if not target.is_file():
-        store.write_file(target, render_thumbnail(source.read_bytes(), size, image_format))
-    return target
+async def remove_stored_objects(store: ImageStore, content_hash: str, key: str) -> None:
+    """Remove an image's object and its cached thumbnails (under the hash's lock)."""
+    async for page in store.list_pages(thumbnail_prefix(content_hash)):
+        for thumbnail in page:
+            await store.delete(thumbnail.key)
+    await store.delete(key)
+
+
+async def cached_thumbnail(
+    connection: AsyncConnection,
+    image: Row[tuple[object, ...]],
+    *,
+    store: ImageStore,
+    size: int,
+    image_format: ThumbnailFormat,
+    decode_slots: asyncio.Semaphore,
+) -> bytes:
+    """The thumbnail from the store's cache, made and cached first if needed: once per
+    (image, size, format) across replicas, under a lock of that key held while it is made.
+
+    Raises ImageFileMissing when the image's file is gone, InvalidImage when its bytes no
+    longer decode, StorageUnavailable."""
+    key = thumbnail_key(image.content_hash, size, image_format)
+    try:
+        return await store.get(key)
+    except ObjectMissing:
+        pass
+    async with transaction(connection):
+        await connection.execute(_LOCK_KEY, {"key": key, "seed": _THUMBNAIL_SEED})
+        try:
+            return await store.get(key)  # made by another request while this one waited
+        except ObjectMissing:
+            pass
+        if image.file_path is None:
+            raise ImageFileMissing(image.id)
+        try:
+            source = await store.get(image.file_path)
+        except ObjectMissing as exc:
+            raise ImageFileMissing(image.id) from exc
+        async with decode_slots:
+            thumbnail = await run_in_threadpool(render_thumbnail, source, size, image_format)
+        await store.put(key, thumbnail, content_type=MEDIA_TYPES[image_format])
+    return thumbnail
 
 
 async def count_stale_embeddings(connection: AsyncConnection, *, model: str) -> int:

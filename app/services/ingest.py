@@ -2,7 +2,7 @@
 a failed upload leaves nothing behind and an acknowledged one is durable."""
 
 import asyncio
-import errno
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.database import is_database_unavailable, transaction
 from app.core.resources import UploadPolicy
-from app.core.storage import ImageStore
-from app.errors import EmptyFile, FileTooLarge, StorageFull, StorageUnavailable
-from app.imaging.analysis import CONTROL_CHARACTERS, AnalysedImage, analyse_image
+from app.core.storage import ImageStore, image_key
+from app.errors import EmptyFile, FileTooLarge, StorageUnavailable
+from app.imaging.analysis import AnalysedImage, analyse_image, clean_text
 from app.imaging.embeddings import Embedder
 from app.models.image import ImageRow, images
 from app.services.images import lock_content_hash
@@ -35,7 +35,9 @@ class IngestResult:
 
 
 def clean_original_filename(filename: str | None) -> str:
-    return CONTROL_CHARACTERS.sub("", filename or "").strip()[:_MAX_FILENAME_LENGTH]
+    """The name as sent, storable, without control characters, shortened to
+    _MAX_FILENAME_LENGTH characters (it is metadata only)."""
+    return clean_text(filename, _MAX_FILENAME_LENGTH) or ""
 
 
 def safe_filename(filename: str | None, extension: str) -> str:
@@ -82,15 +84,16 @@ async def ingest_image(
     """Validate, embed and store an upload. Identical bytes already stored return that record.
 
     Order: analyse (off the event loop), then in one transaction: lock the hash, look for the
-    same bytes, write the file (staged, fsynced, renamed), insert the row, commit. Any failure
-    after the file is written removes it again, so nothing is left half done; a commit that
-    returned means the upload is durable.
+    same bytes, write the object (create-only), insert the row, commit. Any failure after the
+    object is written removes it again, so nothing is left half done; a commit that returned
+    means the upload is durable. Raises StorageUnavailable (503) or StorageFull (507) when the
+    store refuses the write.
     """
     received_at = datetime.now(UTC)
     analysed = await analyse_upload(
         data, policy=policy, embedder=embedder, decode_slots=decode_slots
     )
-    relative_path: str | None = None
+    written_key: str | None = None  # set once this upload has created the object
     inserted = False
     try:
         async with transaction(connection):
@@ -107,15 +110,22 @@ async def ingest_image(
                     existing.id, existing.filename, False, analysis_seconds=analysed.seconds
                 )
             display_name = safe_filename(filename, analysed.extension)
-            relative_path = store.relative_path(analysed.content_hash, analysed.extension)
-            await _write_file(store, data, relative_path)
+            key = image_key(analysed.content_hash, analysed.extension)
+            # False: an object of these very bytes was already there (left by an upload whose
+            # commit outcome was unknown, or by a delete that could not reach the store). No
+            # row names it and the hash is locked, so this row adopts it; it is not removed
+            # if this upload fails (the sweep decides).
+            if await store.put(
+                key, data, content_type=analysed.content_type, filename=display_name
+            ):
+                written_key = key
             row = ImageRow(
                 id=uuid.uuid4(),
                 filename=display_name,
                 original_filename=clean_original_filename(filename) or display_name,
                 content_type=analysed.content_type,
                 file_size=len(data),
-                file_path=relative_path,
+                file_path=key,
                 content_hash=analysed.content_hash,
                 format=analysed.format,
                 width=analysed.width,
@@ -130,17 +140,10 @@ async def ingest_image(
             await connection.execute(insert(images).values(row))
             inserted = True  # only the commit is left
     except BaseException as exc:
-        if relative_path is not None and not (inserted and _commit_outcome_unknown(exc)):
-            _discard_file(store, relative_path)
+        if written_key is not None and not (inserted and _commit_outcome_unknown(exc)):
+            await _discard_object(store, written_key)
         raise
     return IngestResult(row["id"], display_name, True, analysis_seconds=analysed.seconds)
-
-
-async def _write_file(store: ImageStore, data: bytes, relative_path: str) -> None:
-    try:
-        await run_in_threadpool(store.write, data, relative_path)
-    except OSError as exc:
-        raise (StorageFull() if exc.errno == errno.ENOSPC else StorageUnavailable()) from exc
 
 
 def _commit_outcome_unknown(exc: BaseException) -> bool:
@@ -151,9 +154,24 @@ def _commit_outcome_unknown(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError) or is_database_unavailable(exc)
 
 
-def _discard_file(store: ImageStore, relative_path: str) -> None:
-    # Synchronous on purpose: it must also run while the request task is being cancelled.
-    try:
-        store.remove(relative_path)
-    except OSError:
-        logger.warning("could not remove %s after a failed upload", relative_path)
+# Removals in flight, kept referenced until they finish (the event loop holds tasks weakly).
+_DISCARDS: set[asyncio.Task[None]] = set()
+
+
+async def _discard_object(store: ImageStore, key: str) -> None:
+    """Remove the object of a failed upload. In a task of its own, shielded: it must finish
+    even while the request's task is being cancelled. If the store cannot be reached, the
+    object stays until the sweep removes it (no row names it)."""
+
+    async def remove() -> None:
+        try:
+            await store.delete(key)
+        except StorageUnavailable:
+            logger.warning("could not remove %s after a failed upload; the sweep will", key)
+
+    task = asyncio.create_task(remove())
+    _DISCARDS.add(task)
+    task.add_done_callback(_DISCARDS.discard)
+    # Cancelled while waiting: the task goes on, and the caller re-raises its own exception.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)

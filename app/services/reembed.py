@@ -9,14 +9,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.database import transaction
-from app.core.storage import ImageStore
+from app.core.storage import ImageStore, ObjectMissing
 from app.errors import ServiceError
 from app.imaging.analysis import analyse_image
 from app.imaging.embeddings import Embedder
@@ -36,10 +35,6 @@ class ReembedProgress:
     @property
     def processed(self) -> int:
         return self.updated + self.failed
-
-
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 async def reembed_images(
@@ -92,7 +87,7 @@ async def _reembed_one(
     if relative_path is None:
         return False
     try:
-        data = await run_in_threadpool(_read, store.absolute_path(relative_path))
+        data = await store.get(relative_path)
         analysed = await run_in_threadpool(
             analyse_image,
             data,
@@ -100,8 +95,9 @@ async def _reembed_one(
             max_pixels=max_pixels,
             embedder=embedder,
         )
-    except (OSError, ServiceError):
-        return False  # missing or unreadable file: left as it is, reported as failed
+    except (ObjectMissing, ServiceError):
+        # Missing or unreadable file, or a store out of reach: left as it is, reported as failed.
+        return False
     await connection.execute(
         update(images)
         .where(images.c.id == image_id)

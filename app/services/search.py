@@ -51,14 +51,16 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
 
     $1 query image id, $2 model, $3 candidates, $4 largest distance, $5 limit. One row per
     match, each carrying the query image's model and hash and whether the index scan found the
-    query image itself (`self_found`); a single row of NULL matches when nothing passes; no row
+    query image itself (`self_found`) and the best other candidate's distance whatever the
+    threshold (`best_distance`); a single row of NULL matches when nothing passes; no row
     at all when the query image does not exist."""
     return f"""
         WITH query AS (
             SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = $1
         ), nearest AS MATERIALIZED ({_nearest(config, "(SELECT embedding_vector FROM query)")})
         SELECT query.embedding_model AS query_model, query.content_hash AS query_hash,
-            EXISTS (SELECT 1 FROM nearest WHERE id = $1) AS self_found, match.*
+            EXISTS (SELECT 1 FROM nearest WHERE id = $1) AS self_found,
+            (SELECT min(distance) FROM nearest WHERE id <> $1) AS best_distance, match.*
         FROM query LEFT JOIN LATERAL (
             SELECT * FROM nearest
             WHERE id <> $1 AND distance <= $4
@@ -72,8 +74,9 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
 def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
     """Search by a vector: $1 the vector (pgvector's text form), $2 model, $3 limit, $4 largest
     distance, $5 the content hash of the query's bytes. One row per match, each carrying the id
-    of a stored image with the same bytes (`stored_copy`, NULL if none); a single row of NULL
-    matches when nothing passes."""
+    of a stored image with the same bytes (`stored_copy`, NULL if none) and the best candidate's
+    distance whatever the threshold (`best_distance`); a single row of NULL matches when
+    nothing passes."""
     vector = f"CAST($1 AS vector({config.dimension}))"
     return f"""
         WITH nearest AS MATERIALIZED ({_nearest(config, vector)}), copy AS (
@@ -81,7 +84,8 @@ def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
                 SELECT id FROM images WHERE content_hash = $5 AND embedding_model = $2
             ) AS stored_copy
         )
-        SELECT copy.stored_copy, match.* FROM copy LEFT JOIN LATERAL (
+        SELECT copy.stored_copy, (SELECT min(distance) FROM nearest) AS best_distance, match.*
+        FROM copy LEFT JOIN LATERAL (
             SELECT * FROM nearest WHERE distance <= $4 ORDER BY distance, id
         ) AS match ON true
         """  # noqa: S608
@@ -114,8 +118,8 @@ class SearchOptions:
     threshold: float  # lowest cosine similarity returned
     near_duplicate_threshold: float
     index: VectorIndexConfig
-    # A search by upload whose best candidate scores below this is double-checked with a wider
-    # scan (SIMILARITY_THRESHOLD: an answer with nothing similar in it).
+    # A search whose best candidate scores below this is double-checked with a wider scan
+    # (SIMILARITY_THRESHOLD: an answer with nothing similar in it).
     recheck_below: float = -1.0
 
     @classmethod
@@ -174,6 +178,13 @@ def _matches(
     return found
 
 
+def _similar_found(rows: Sequence[Row[tuple[object, ...]]], options: SearchOptions) -> bool:
+    """Whether the scan found a candidate scoring `recheck_below` or more (before the request's
+    own threshold is applied)."""
+    best = rows[0].best_distance
+    return best is not None and 1.0 - best >= options.recheck_below
+
+
 @dataclass(frozen=True)
 class StoredImageSearch:
     """What a search by a stored image did: its rows, whether the final scan found the query
@@ -215,8 +226,8 @@ async def search_stored_image(
     connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> StoredImageSearch:
     """Search by a stored image, scanning wider when the index scan did not reach the query
-    image itself (then its neighbourhood was not reached either). Raises ImageNotFound,
-    EmbeddingOutdated."""
+    image itself (then its neighbourhood was not reached either), or found nothing scoring
+    `recheck_below` or more besides it. Raises ImageNotFound, EmbeddingOutdated."""
     statement = nearest_images_sql(options.index)
     parameters = (
         image_id,
@@ -233,8 +244,11 @@ async def search_stored_image(
         raise EmbeddingOutdated(image_id, query_model, options.model)
     scans = 1
     if options.index.kind != "none":
-        for settings in _wider_scans(options.index):
-            if rows[0].self_found:
+        for step, settings in enumerate(_wider_scans(options.index)):
+            # A scan that missed the query image itself gets the wider scan and then the exact
+            # one; a scan that found it but nothing similar besides (the image's own links in
+            # the graph can lead astray) gets the wider scan only.
+            if rows[0].self_found and (step > 0 or _similar_found(rows, options)):
                 break
             rows = await _run(connection, statement, parameters, settings)
             scans += 1
@@ -279,10 +293,8 @@ async def search_by_image(
         for step, settings in enumerate(_wider_scans(options.index)):
             copy = rows[0].stored_copy
             copy_missed = copy is not None and all(row.id != copy for row in rows)
-            best = rows[0].distance
-            nothing_similar = best is None or 1.0 - best < options.recheck_below
             # Only a missed copy is worth an exact scan; a thin answer gets the wider one.
-            if not (copy_missed or (nothing_similar and step == 0)):
+            if not (copy_missed or (step == 0 and not _similar_found(rows, options))):
                 break
             rows = await _run(connection, statement, parameters, settings)
     return _matches(

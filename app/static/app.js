@@ -246,6 +246,9 @@ function setUp() {
     $("threshold").value = info.similarity_threshold;
     $("threshold").dispatchEvent(new Event("input"));
     $("limit").value = info.max_similar_results;
+    // What this instance accepts; extensions too, for systems that know no HEIC or AVIF type.
+    const upload = info.upload;
+    $("file-input").accept = [...upload.accepted_content_types, ...upload.allowed_extensions].join(",");
   }).catch(() => {});
   loadGallery();
 }

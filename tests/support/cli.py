@@ -30,7 +30,8 @@ async def start(
     arguments: list[str], environment: dict[str, str], *, program: list[str] | None = None
 ) -> asyncio.subprocess.Process:
     """`python -m app ARGUMENTS` (or `program ARGUMENTS`) started in a process group of its
-    own, as a shell starts a command; its output piped."""
+    own, as a shell starts a command, with Ctrl-C acting on it as in a terminal; its output
+    piped."""
     return await asyncio.create_subprocess_exec(
         *(program or [sys.executable, "-m", "app"]),
         *arguments,
@@ -39,7 +40,14 @@ async def start(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # A test run started in the background (`nohup`, `cmd &` in a script) ignores SIGINT,
+        # and children inherit that; an interactive shell gives commands the default action.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def press_ctrl_c(process: asyncio.subprocess.Process) -> tuple[int | None, str, str]:

@@ -24,7 +24,10 @@ async def test_health_answers_200_with_and_without_trailing_slash(client: AsyncC
 async def test_live_and_ready_answer_200(client: AsyncClient) -> None:
     assert (await client.get("/api/v1/health/live")).json() == {"status": "alive"}
     ready = await client.get("/api/v1/health/ready")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "database": "ok"})
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ready", "database": "ok", "storage": "ok"},
+    )
 
 
 async def test_detailed_health_reports_database_pgvector_and_embedding(
@@ -99,9 +102,24 @@ async def test_info_reports_limits_formats_and_embedding(client: AsyncClient) ->
     assert body["name"] and body["version"]
     assert body["upload"]["max_file_size"] == 10 * 1024 * 1024
     assert body["upload"]["max_image_pixels"] == 50_000_000
-    assert body["upload"]["accepted_formats"] == ["BMP", "GIF", "JPEG", "PNG"]
+    assert body["upload"]["accepted_formats"] == [
+        "AVIF", "BMP", "GIF", "HEIC", "HEIF", "JPEG", "PNG", "TIFF", "WEBP"
+    ]  # fmt: skip
+    assert body["upload"]["accepted_content_types"][3] == "image/heic"
+    assert {".heic", ".webp", ".avif", ".tif", ".jpg"} <= set(body["upload"]["allowed_extensions"])
     assert body["embedding"] == {"model": "perceptual", "dimension": 512}
     assert (await client.head("/info")).status_code == 200  # `curl -I /info` works
+
+
+async def test_info_lists_jpeg_and_png_whatever_allowed_extensions_says(
+    make_client: MakeClient,
+) -> None:
+    async with make_client(ALLOWED_EXTENSIONS=".webp") as client:
+        upload = (await client.get("/info")).json()["upload"]
+
+    assert upload["accepted_formats"] == ["JPEG", "PNG", "WEBP"]
+    assert upload["accepted_content_types"] == ["image/jpeg", "image/png", "image/webp"]
+    assert upload["allowed_extensions"] == [".jpg", ".jpeg", ".png", ".webp"]
 
 
 async def test_docs_redoc_and_openapi_are_served(client: AsyncClient) -> None:

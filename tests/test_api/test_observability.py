@@ -1,15 +1,21 @@
 """Request ids, access logs, Prometheus metrics and the admin token."""
 
+import http.client
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from httpx import AsyncClient
 
 from app.core.observability import JsonFormatter, RequestIdFilter
-from tests.support.app import MakeClient
+from app.services import images as images_service
+from tests.support.app import DatabaseFactory, MakeClient, settings_on_new_database
 from tests.support.images import jpeg_bytes
+from tests.support.live_server import live_server
 
 
 async def test_every_response_carries_a_request_id(client: AsyncClient) -> None:
@@ -118,3 +124,48 @@ async def test_admin_token_guards_metrics_and_detailed_health(
 async def test_probes_stay_open_with_an_admin_token(admin_client: AsyncClient) -> None:
     for path in ("/api/v1/health", "/api/v1/health/live", "/api/v1/health/ready", "/info"):
         assert (await admin_client.get(path)).status_code == 200
+
+
+async def test_an_unexpected_error_is_a_json_500_with_its_id_logged_once_on_a_kept_connection(
+    tmp_path: Path,
+    create_database: DatabaseFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "unexpected_error")
+
+    async def broken(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(images_service, "get_image", broken)
+    # The id filter runs where the record is emitted: in the server's task, with its request.
+    caplog.handler.addFilter(RequestIdFilter())
+    uvicorn_errors = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO), live_server(settings) as base_url:
+            host, port = base_url.removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request(
+                "GET", f"/api/v1/images/{uuid.uuid4()}", headers={"X-Request-ID": "bug-1"}
+            )
+            failed = connection.getresponse()
+            failed_body = json.loads(failed.read())
+            kept = connection.sock
+            connection.request("GET", "/api/v1/health/live")
+            after = connection.getresponse()
+            after.read()
+            reused = connection.sock is kept
+            connection.close()
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+
+    assert failed.status == 500
+    assert failed_body == {"detail": "Internal server error", "code": "internal_error"}
+    assert failed.getheader("X-Request-ID") == "bug-1"
+    assert failed.getheader("Connection") != "close"
+    assert after.status == 200 and reused  # the same connection serves the next request
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1
+    assert tracebacks[0].request_id == "bug-1"  # type: ignore[attr-defined]
+    assert "a bug" in caplog.text

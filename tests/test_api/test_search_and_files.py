@@ -95,6 +95,48 @@ async def test_file_returns_the_original_bytes_with_caching_headers(client: Asyn
     assert again.content == b""
 
 
+@pytest.mark.parametrize(
+    ("asked", "status", "content_range", "part"),
+    [
+        ("bytes=10-19", 206, "bytes 10-19/{size}", slice(10, 20)),
+        ("bytes=-5", 206, "bytes {last5}-{end}/{size}", slice(-5, None)),
+        ("bytes=100-", 206, "bytes 100-{end}/{size}", slice(100, None)),
+        ("bytes=0-999999", 206, "bytes 0-{end}/{size}", slice(None)),
+        ("bytes=0-1,5-6", 200, None, slice(None)),  # several ranges: the whole file
+        ("pages=1-2", 200, None, slice(None)),  # not understood: the whole file
+    ],
+)
+async def test_file_answers_one_byte_range(
+    client: AsyncClient, asked: str, status: int, content_range: str | None, part: slice
+) -> None:
+    data = png_bytes(40, 30)
+    size = len(data)
+    image_id = (await upload(client, data, "p.png", "image/png")).json()["id"]
+
+    response = await client.get(f"/api/v1/images/{image_id}/file", headers={"Range": asked})
+
+    assert response.status_code == status
+    assert response.content == data[part]
+    assert response.headers["accept-ranges"] == "bytes"
+    expected = content_range and content_range.format(size=size, end=size - 1, last5=size - 5)
+    assert response.headers.get("content-range") == expected
+
+
+async def test_a_range_past_the_end_is_a_416_and_a_stale_if_range_gets_the_whole_file(
+    client: AsyncClient,
+) -> None:
+    data = png_bytes(40, 30)
+    image_id = (await upload(client, data, "p.png", "image/png")).json()["id"]
+    path = f"/api/v1/images/{image_id}/file"
+
+    past = await client.get(path, headers={"Range": f"bytes={len(data)}-"})
+    stale = await client.get(path, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+
+    assert_error(past, 416, "range_not_satisfiable")
+    assert past.headers["content-range"] == f"bytes */{len(data)}"
+    assert (stale.status_code, stale.content) == (200, data)
+
+
 async def test_file_of_an_unknown_image_is_a_404(client: AsyncClient) -> None:
     response = await client.get("/api/v1/images/00000000-0000-0000-0000-000000000000/file")
     assert_error(response, 404, "image_not_found")
@@ -123,8 +165,8 @@ async def test_thumbnail_fits_the_size_is_upright_and_cached(
     assert response.headers["content-type"] == "image/jpeg"
     thumbnail = PILImage.open(io.BytesIO(response.content))
     assert thumbnail.size == (43, 64)  # portrait, as displayed
-    cached = list((settings.image_dir / ".thumbnails").iterdir())
-    assert len(cached) == 1
+    cached = [path for path in (settings.image_dir / ".thumbnails").rglob("*") if path.is_file()]
+    assert [path.relative_to(settings.image_dir).parts[2] for path in cached] == ["64.jpeg"]
     etag = response.headers["etag"]
     again = await client.get(
         f"/api/v1/images/{image_id}/thumbnail?size=64", headers={"If-None-Match": etag}
@@ -132,7 +174,7 @@ async def test_thumbnail_fits_the_size_is_upright_and_cached(
     assert again.status_code == 304
 
     await client.delete(f"/api/v1/images/{image_id}")
-    assert list((settings.image_dir / ".thumbnails").iterdir()) == []
+    assert [path for path in cached if path.exists()] == []
 
 
 async def test_thumbnail_in_webp_and_of_a_transparent_png(client: AsyncClient) -> None:

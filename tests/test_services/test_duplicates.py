@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.database import Database
-from app.core.storage import ImageStore
+from app.core.local_store import LocalImageStore
 from app.errors import DuplicateGroupNotFound, GroupChanged, ImageNotFound, NotAGroupMember
 from app.models import duplicates as tables
 from app.models.duplicates import duplicate_decisions, duplicate_groups, duplicate_links
@@ -29,7 +29,7 @@ async def test_a_chain_of_links_is_one_group_and_deleting_its_middle_splits_it(
     d, a, b, c, e = await store_and_link(connection, circle, [-10, 0, 40, 80, 90])
     [(group_id, members)] = (await group_sets(connection)).items()
 
-    await delete_image(connection, b, store=ImageStore(tmp_path))
+    await delete_image(connection, b, store=LocalImageStore(tmp_path))
     checked = await duplicates.settle_groups(connection)
     after = await group_sets(connection)
 
@@ -47,10 +47,10 @@ async def test_a_piece_of_one_image_leaves_and_a_group_of_one_is_dissolved(
     a, b, c = await store_and_link(connection, circle, [0, 40, 80])
     [group_id] = await group_sets(connection)
 
-    await delete_image(connection, a, store=ImageStore(tmp_path))
+    await delete_image(connection, a, store=LocalImageStore(tmp_path))
     await duplicates.settle_groups(connection)
     kept = await group_sets(connection)
-    await delete_image(connection, c, store=ImageStore(tmp_path))
+    await delete_image(connection, c, store=LocalImageStore(tmp_path))
     await duplicates.settle_groups(connection)
     groups_left = await connection.scalar(select(func.count()).select_from(duplicate_groups))
 
@@ -209,7 +209,7 @@ async def test_resolve_deletes_the_others_and_keeping_two_records_them_kept_toge
     group = await duplicates.get_group(connection, group_id)
 
     resolution = await duplicates.resolve_group(
-        connection, group_id, keep={a, c}, store=ImageStore(tmp_path), if_match=group.etag
+        connection, group_id, keep={a, c}, store=LocalImageStore(tmp_path), if_match=group.etag
     )
     stored = await connection.scalar(text("SELECT count(*) FROM images"))
     decisions = (await connection.execute(select(duplicate_decisions.c.decision))).scalars()
@@ -230,7 +230,7 @@ async def test_resolve_refuses_a_changed_group_a_stranger_and_an_unknown_group(
     etag = (await duplicates.get_group(connection, group_id)).etag
     [stranger] = await store_and_link(connection, Circle(seed=15), [0])
     await store_and_link(connection, circle, [20])  # the group grows: its ETag changes
-    store_ = ImageStore(tmp_path)
+    store_ = LocalImageStore(tmp_path)
 
     with pytest.raises(GroupChanged):
         await duplicates.resolve_group(connection, group_id, keep={a}, store=store_, if_match=etag)

@@ -52,8 +52,19 @@ def test_create_embedder_rejects_unknown_models() -> None:
         (png_bytes(), "PNG"),
         (encode(photo(), "GIF"), "GIF"),
         (encode(photo(), "BMP"), "BMP"),
-        (encode(photo(), "TIFF"), None),
-        (encode(photo(), "WEBP"), None),
+        (encode(photo(), "TIFF"), "TIFF"),
+        (b"MM\x00*\x00\x00\x00\x08", "TIFF"),
+        (encode(photo(), "WEBP"), "WEBP"),
+        (encode(photo(), "AVIF"), "AVIF"),
+        (encode(photo(), "HEIF"), "HEIC"),
+        # Brands decide, major or compatible; AVIF wins over the generic HEIF brand.
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1avif", "AVIF"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "HEIC"),
+        (b"\x00\x00\x00\x14ftypmif1\x00\x00\x00\x00mif1", "HEIF"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ", None),
+        # A brand beyond the box's own size is not the file's.
+        (b"\x00\x00\x00\x10ftypqt  \x00\x00\x00\x00heic", None),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", None),
         (b"", None),
     ],
 )

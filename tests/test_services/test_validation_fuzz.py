@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from app.errors import ServiceError
 from app.imaging.analysis import analyse_image
 from app.imaging.embeddings import PerceptualEmbedder
+from app.imaging.formats import BY_NAME
 from tests.support.images import encode, photo
 
 SEEDS = [
@@ -14,6 +15,10 @@ SEEDS = [
     encode(photo(40, 30), "PNG"),
     encode(photo(40, 30), "GIF"),
     encode(photo(40, 30), "BMP"),
+    encode(photo(40, 30), "WEBP"),
+    encode(photo(40, 30), "TIFF", compression="tiff_lzw"),
+    encode(photo(40, 30), "AVIF"),
+    encode(photo(40, 30), "HEIF"),
 ]
 EMBEDDER = PerceptualEmbedder(512)
 
@@ -41,7 +46,7 @@ def test_validation_never_fails_with_anything_but_a_domain_error(data: bytes) ->
     try:
         result = analyse_image(
             data,
-            allowed_formats=frozenset({"JPEG", "PNG", "GIF", "BMP"}),
+            allowed_formats=frozenset(BY_NAME),
             max_pixels=5_000_000,
             max_frames=100,
             embedder=EMBEDDER,

@@ -1,5 +1,6 @@
 """Health endpoints for load balancers, Kubernetes probes and people."""
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -16,8 +17,9 @@ from app.schemas.health import (
     HealthStatus,
     LivenessStatus,
     ReadinessStatus,
+    StorageHealth,
 )
-from app.services.health import inspect_database, ping_database
+from app.services.health import inspect_database, ping_all, ping_store
 
 router = APIRouter()
 
@@ -26,17 +28,20 @@ router = APIRouter()
 @router.get(
     "/",
     response_model=HealthStatus,
-    summary="Service and database health (200 healthy, 503 unhealthy)",
-    responses={503: {"model": HealthStatus, "description": "The database is unavailable"}},
+    summary="Service, database and storage health (200 healthy, 503 unhealthy)",
+    responses={
+        503: {"model": HealthStatus, "description": "The database or the store is unavailable"}
+    },
 )
 @router.get("", response_model=HealthStatus, include_in_schema=False)
 async def health(resources: ResourcesDep, response: Response) -> HealthStatus:
-    database_ok = await ping_database(resources.engine)
-    if not database_ok:
+    database_ok, store_ok = await ping_all(resources.engine, resources.store)
+    if not (database_ok and store_ok):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthStatus(
-        status="healthy" if database_ok else "unhealthy",
+        status="healthy" if database_ok and store_ok else "unhealthy",
         database="ok" if database_ok else "unavailable",
+        storage="ok" if store_ok else "unavailable",
         version=SERVICE_VERSION,
         timestamp=datetime.now(UTC),
     )
@@ -45,20 +50,22 @@ async def health(resources: ResourcesDep, response: Response) -> HealthStatus:
 @router.get(
     "/detailed",
     response_model=DetailedHealth,
-    summary="Database, pgvector, image count, embedding and uptime",
+    summary="Database, pgvector, storage, image count, embedding and uptime",
     dependencies=[requires("admin")],
     responses={
-        503: {"model": DetailedHealth, "description": "The database is unavailable"},
+        503: {"model": DetailedHealth, "description": "The database or the store is unavailable"},
         **error_responses(*ACCESS_ERRORS),
     },
 )
 async def detailed_health(resources: ResourcesDep, response: Response) -> DetailedHealth:
     embedder = resources.embedder
-    database = await inspect_database(resources.engine)
-    if not database.available:
+    database, store_ok = await asyncio.gather(
+        inspect_database(resources.engine), ping_store(resources.store)
+    )
+    if not (database.available and store_ok):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return DetailedHealth(
-        status="healthy" if database.available else "unhealthy",
+        status="healthy" if database.available and store_ok else "unhealthy",
         version=SERVICE_VERSION,
         uptime_seconds=round(time.monotonic() - resources.started_at, 3),
         timestamp=datetime.now(UTC),
@@ -69,6 +76,9 @@ async def detailed_health(resources: ResourcesDep, response: Response) -> Detail
             pgvector_version=database.pgvector_version,
             vector_index=database.vector_index,
             error=database.error,
+        ),
+        storage=StorageHealth(
+            status="ok" if store_ok else "unavailable", backend=resources.store.backend
         ),
         image_count=database.image_count,
         embedding=EmbeddingStatus(
@@ -85,14 +95,18 @@ async def detailed_health(resources: ResourcesDep, response: Response) -> Detail
 @router.get(
     "/ready",
     response_model=ReadinessStatus,
-    summary="Readiness probe: 200 when the database answers, else 503",
+    summary="Readiness probe: 200 when the database and the image store answer, else 503",
     responses={503: {"model": ReadinessStatus, "description": "Not ready"}},
 )
 async def readiness(resources: ResourcesDep, response: Response) -> ReadinessStatus:
-    if await ping_database(resources.engine):
-        return ReadinessStatus(status="ready", database="ok")
-    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return ReadinessStatus(status="not_ready", database="unavailable")
+    database_ok, store_ok = await ping_all(resources.engine, resources.store)
+    if not (database_ok and store_ok):
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return ReadinessStatus(
+        status="ready" if database_ok and store_ok else "not_ready",
+        database="ok" if database_ok else "unavailable",
+        storage="ok" if store_ok else "unavailable",
+    )
 
 
 @router.get(

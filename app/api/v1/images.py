@@ -2,13 +2,12 @@
 (enforced by app/api/access.py when AUTH_REQUIRED is on)."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import AwareDatetime
-from starlette.concurrency import run_in_threadpool
 
 from app.api.access import requires
 from app.api.deps import (
@@ -21,16 +20,20 @@ from app.api.deps import (
     Threshold,
     ThumbnailSize,
 )
+from app.core.storage import ByteRange, content_disposition
 from app.errors import (
     ACCESS_ERRORS,
     DATABASE_UNAVAILABLE,
     EMBEDDING_OUTDATED,
     IMAGE_FILE_MISSING,
     IMAGE_NOT_FOUND,
+    INVALID_IMAGE,
+    RANGE_NOT_SATISFIABLE,
     STORAGE_FULL,
     STORAGE_UNAVAILABLE,
     UPLOAD_ERRORS,
     VALIDATION_ERROR,
+    RangeNotSatisfiable,
     error_responses,
 )
 from app.imaging.formats import FORMATS, ContentType
@@ -60,7 +63,12 @@ router = APIRouter()
     },
 )
 async def upload_image(
-    file: Annotated[UploadFile, File(description="A JPEG or PNG image (GIF, BMP if allowed)")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="An image: JPEG, PNG, HEIC/HEIF, WebP, AVIF, TIFF, GIF or BMP (see /info)"
+        ),
+    ],
     response: Response,
     connection: ConnectionDep,
     resources: ResourcesDep,
@@ -242,17 +250,21 @@ _IMAGE_CONTENT: dict[str, Any] = {
 @router.get(
     "/{image_id}/file",
     dependencies=[requires("read")],
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="The original file, as uploaded",
     responses={
         200: {**_IMAGE_CONTENT, "description": "The bytes as uploaded; ETag is their SHA-256"},
+        206: {**_IMAGE_CONTENT, "description": "The byte range the Range header asked for"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        307: {"description": "FILE_REDIRECT=signed: a short-lived signed URL of the object"},
         **error_responses(
             *ACCESS_ERRORS,
             IMAGE_NOT_FOUND,
             IMAGE_FILE_MISSING,
+            RANGE_NOT_SATISFIABLE,
             VALIDATION_ERROR,
             DATABASE_UNAVAILABLE,
+            STORAGE_UNAVAILABLE,
         ),
     },
 )
@@ -261,37 +273,84 @@ async def get_image_file(
     connection: ConnectionDep,
     resources: ResourcesDep,
     if_none_match: Annotated[str | None, Header()] = None,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header()] = None,
 ) -> Response:
-    image, path = await images.get_stored_file(connection, image_id, store=resources.store)
+    image = await images.get_image(connection, image_id)
     etag = f'"{image.content_hash}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
-    return FileResponse(
-        path,
-        media_type=image.content_type,
-        filename=image.filename,
-        content_disposition_type="inline",
-        headers={"ETag": etag, **_FILE_HEADERS},
+    settings = resources.settings
+    if settings.FILE_REDIRECT == "signed" and image.file_path is not None:
+        expires_in = timedelta(seconds=settings.FILE_REDIRECT_EXPIRY_SECONDS)
+        url = await resources.store.signed_url(image.file_path, expires_in)
+        # Never cached: the URL stops working when it expires.
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    byte_range = (
+        None if if_range not in {None, etag} else _byte_range(range_header, image.file_size)
     )
+    reader = await images.open_stored_file(image, store=resources.store, byte_range=byte_range)
+    headers = {
+        "ETag": etag,
+        "Content-Length": str(reader.size),
+        "Content-Disposition": content_disposition(image.filename),
+        "Accept-Ranges": "bytes",
+        **_FILE_HEADERS,
+    }
+    if byte_range is not None:
+        start, end = byte_range
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{image.file_size}"
+    return StreamingResponse(
+        reader.chunks,
+        status_code=200 if byte_range is None else 206,
+        media_type=image.content_type,
+        headers=headers,
+    )
+
+
+def _byte_range(header: str | None, size: int) -> ByteRange | None:
+    """The one byte range `bytes=first-last`, `bytes=first-` or `bytes=-suffix` asks for (RFC
+    9110, section 14), as (start, end exclusive). None, meaning the whole file, for no header,
+    one that cannot be read, or several ranges (which a server may answer in full).
+    RangeNotSatisfiable when it starts past the end."""
+    unit, _, spec = (header or "").partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or not (first or last):
+        return None
+    if not all(part.isdigit() for part in (first, last) if part):
+        return None
+    if not first:  # the last `last` bytes
+        if int(last) == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - int(last)), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, min(size, int(last) + 1) if last else size
 
 
 @router.get(
     "/{image_id}/thumbnail",
     dependencies=[requires("read")],
-    response_class=FileResponse,
-    summary="A thumbnail, EXIF orientation applied (cached)",
+    response_class=Response,
+    summary="A thumbnail of the picture as displayed (cached)",
     responses={
         200: {
             "content": {"image/jpeg": {}, "image/webp": {}},
-            "description": "No larger than `size` on its longer side",
+            "description": "No larger than `size` on its longer side; first frame, EXIF "
+            "orientation applied, transparency on white",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
         **error_responses(
             *ACCESS_ERRORS,
             IMAGE_NOT_FOUND,
             IMAGE_FILE_MISSING,
+            INVALID_IMAGE,
             VALIDATION_ERROR,
             DATABASE_UNAVAILABLE,
+            STORAGE_UNAVAILABLE,
         ),
     },
 )
@@ -303,19 +362,20 @@ async def get_thumbnail(
     format: Annotated[ThumbnailFormat, Query(description="jpeg or webp")] = "jpeg",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    store = resources.store
-    image, source = await images.get_stored_file(connection, image_id, store=store)
+    image = await images.get_image(connection, image_id)
     etag = f'"{image.content_hash}-{size}-{format}"'
     if not_modified := _not_modified(if_none_match, etag):
         return not_modified
-    async with resources.decode_slots:
-        thumbnail = await run_in_threadpool(
-            images.cached_thumbnail, store, source, image.content_hash, size, format
-        )
-    return FileResponse(
-        thumbnail,
-        media_type=MEDIA_TYPES[format],
-        headers={"ETag": etag, **_FILE_HEADERS},
+    thumbnail = await images.cached_thumbnail(
+        connection,
+        image,
+        store=resources.store,
+        size=size,
+        image_format=format,
+        decode_slots=resources.decode_slots,
+    )
+    return Response(
+        thumbnail, media_type=MEDIA_TYPES[format], headers={"ETag": etag, **_FILE_HEADERS}
     )
 
 
