@@ -60,3 +60,87 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name_idx ON api_keys (name)
     WHERE revoked_at IS NULL;
+
+-- Duplicate groups (README, "Duplicates"; app/services/duplicates.py). A link is a
+-- near_duplicate (or exact) match between two stored images; a group is a connected set of
+-- linked images, at least two. Links and memberships go with their image (ON DELETE CASCADE);
+-- a member leaving flags its group for the split check.
+
+-- One row per build of the links: the settings it ran with; `finished_at` is NULL while a
+-- rebuild (`python -m app duplicates --rebuild`) is in progress. The highest number is current.
+CREATE TABLE IF NOT EXISTS duplicate_builds (
+    build INTEGER PRIMARY KEY,
+    embedding_model VARCHAR(64) NOT NULL,
+    near_duplicate_threshold DOUBLE PRECISION NOT NULL,
+    started_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    finished_at TIMESTAMP WITH TIME ZONE
+);
+
+-- Which build last looked for an image's links (what makes a rebuild resumable).
+CREATE TABLE IF NOT EXISTS duplicate_scans (
+    image_id UUID PRIMARY KEY REFERENCES images (id) ON DELETE CASCADE,
+    build INTEGER NOT NULL
+);
+
+-- Each link once, its smaller image id first, with its evidence.
+CREATE TABLE IF NOT EXISTS duplicate_links (
+    image_a UUID NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    image_b UUID NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    similarity_score REAL NOT NULL,
+    match VARCHAR(16) NOT NULL CHECK (match IN ('exact', 'near_duplicate')),
+    verification JSONB,
+    build INTEGER NOT NULL,
+    PRIMARY KEY (image_a, image_b),
+    CHECK (image_a < image_b)
+);
+
+CREATE INDEX IF NOT EXISTS duplicate_links_image_b_idx ON duplicate_links (image_b);
+
+CREATE TABLE IF NOT EXISTS duplicate_groups (
+    id UUID PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    -- A member left: the rest may no longer be connected (checked and split by the service).
+    needs_check BOOLEAN NOT NULL DEFAULT false
+);
+
+-- The listing: largest groups first.
+CREATE INDEX IF NOT EXISTS duplicate_groups_size_idx ON duplicate_groups (size DESC, created_at, id);
+CREATE INDEX IF NOT EXISTS duplicate_groups_needs_check_idx ON duplicate_groups (id)
+    WHERE needs_check;
+
+CREATE TABLE IF NOT EXISTS duplicate_members (
+    image_id UUID PRIMARY KEY REFERENCES images (id) ON DELETE CASCADE,
+    group_id UUID NOT NULL REFERENCES duplicate_groups (id)
+);
+
+CREATE INDEX IF NOT EXISTS duplicate_members_group_idx ON duplicate_members (group_id);
+
+-- A person's decision about a pair of pictures, keyed by their content hashes (smaller first),
+-- so it holds for any future upload of the same bytes: `not_duplicates`, or `kept_both` (a
+-- resolve kept both). Such a pair is never linked again.
+CREATE TABLE IF NOT EXISTS duplicate_decisions (
+    hash_a CHAR(64) NOT NULL,
+    hash_b CHAR(64) NOT NULL,
+    decision VARCHAR(16) NOT NULL CHECK (decision IN ('not_duplicates', 'kept_both')),
+    decided_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (hash_a, hash_b),
+    CHECK (hash_a < hash_b)
+);
+
+-- Whatever removes members (an image deleted, through any path), their groups are counted
+-- down and flagged, in the same transaction.
+CREATE OR REPLACE FUNCTION duplicate_members_left() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE duplicate_groups AS g
+    SET size = g.size - gone.members, needs_check = true, updated_at = NOW()
+    FROM (SELECT group_id, count(*) AS members FROM left_members GROUP BY group_id) AS gone
+    WHERE g.id = gone.group_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER duplicate_members_left AFTER DELETE ON duplicate_members
+    REFERENCING OLD TABLE AS left_members
+    FOR EACH STATEMENT EXECUTE FUNCTION duplicate_members_left();

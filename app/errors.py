@@ -76,6 +76,19 @@ EMBEDDING_OUTDATED = ErrorKind(
     "embedding_outdated",
     "The image was embedded with another model; run `python -m app reembed`",
 )
+DUPLICATE_GROUP_NOT_FOUND = ErrorKind(
+    404,
+    "duplicate_group_not_found",
+    "No duplicate group with this id (resolved, split, or merged into another: list them again)",
+)
+GROUP_CHANGED = ErrorKind(
+    412,
+    "group_changed",
+    "The group's members changed since it was read (If-Match); read it again",
+)
+NOT_A_GROUP_MEMBER = ErrorKind(
+    422, "not_a_group_member", "`keep` names an image that is not a member of the group"
+)
 FILE_TOO_LARGE = ErrorKind(413, "file_too_large", "The file exceeds MAX_FILE_SIZE")
 UNSUPPORTED_IMAGE_FORMAT = ErrorKind(
     415, "unsupported_image_format", "The bytes are not an accepted image format"
@@ -108,6 +121,9 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     IMAGE_NOT_FOUND,
     IMAGE_FILE_MISSING,
     EMBEDDING_OUTDATED,
+    DUPLICATE_GROUP_NOT_FOUND,
+    GROUP_CHANGED,
+    NOT_A_GROUP_MEMBER,
     FILE_TOO_LARGE,
     UNSUPPORTED_IMAGE_FORMAT,
     EMPTY_FILE,
@@ -162,6 +178,33 @@ class EmbeddingOutdated(ServiceError):
         )
 
 
+class DuplicateGroupNotFound(ServiceError):
+    kind = DUPLICATE_GROUP_NOT_FOUND
+
+    def __init__(self, group_id: object) -> None:
+        super().__init__(
+            f"Duplicate group {group_id} not found; it may have been resolved, split or merged "
+            "into another group: list the groups again"
+        )
+
+
+class GroupChanged(ServiceError):
+    kind = GROUP_CHANGED
+
+    def __init__(self, group_id: object) -> None:
+        super().__init__(
+            f"The members of duplicate group {group_id} changed since it was read (If-Match); "
+            "read it again before resolving it"
+        )
+
+
+class NotAGroupMember(ServiceError):
+    kind = NOT_A_GROUP_MEMBER
+
+    def __init__(self, image_id: object, group_id: object) -> None:
+        super().__init__(f"Image {image_id} is not a member of duplicate group {group_id}")
+
+
 class FileTooLarge(ServiceError):
     kind = FILE_TOO_LARGE
 
@@ -214,6 +257,14 @@ class RangeNotSatisfiable(ServiceError):
 
 class SchemaMismatch(Exception):
     """The database schema does not match the configuration (start-up only, never an answer)."""
+
+
+class RebuildRunning(Exception):
+    """Another `duplicates --rebuild` holds the rebuild lock (the command line's, never an
+    answer)."""
+
+    def __init__(self) -> None:
+        super().__init__("another `duplicates --rebuild` is running on this database")
 
 
 class KeyNameTaken(Exception):

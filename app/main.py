@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import info, metrics, page
 from app.api.access import AccessMiddleware
-from app.api.v1 import health, images
+from app.api.v1 import duplicates, health, images
 from app.core.body_limit import BodySizeLimitMiddleware, allow_long_part_headers
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
 from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
@@ -24,6 +24,7 @@ from app.core.observability import (
 )
 from app.core.resources import Resources, open_resources
 from app.errors import StorageUnavailable, add_error_handlers
+from app.services import duplicates as duplicate_groups
 from app.services.consistency import sweep
 from app.services.images import count_stale_embeddings
 
@@ -38,9 +39,10 @@ DECODING_ROUTES = (("POST", UPLOAD_ROUTE), ("POST", "/api/v1/images/search"))
 
 
 async def _check_embeddings(resources: Resources) -> None:
-    """Start-up check: warn about embeddings of another model, and (with verification on)
-    images without local features. Skipped with a warning when the database has gone away
-    since the schema was applied."""
+    """Start-up checks: warn about embeddings of another model and (with verification on)
+    images without local features; prepare the duplicate groups (first build, splits left
+    undone). Skipped with a warning when the database has gone away since the schema was
+    applied."""
     embedder = resources.embedder
     try:
         async with resources.engine.connect() as connection:
@@ -50,6 +52,10 @@ async def _check_embeddings(resources: Resources) -> None:
                 - stale
                 if resources.search_defaults.verification_candidates
                 else 0
+            )
+            await duplicate_groups.prepare_groups(
+                connection,
+                duplicate_groups.link_options(resources.search_defaults, embedder.name),
             )
     except UNAVAILABLE_EXCEPTIONS as exc:
         if not is_database_unavailable(exc):
@@ -160,6 +166,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         ObservabilityMiddleware, metrics=app_metrics, routes=lambda: route_templates(app)
     )
     app.include_router(images.router, prefix="/api/v1/images", tags=["images"])
+    app.include_router(duplicates.router, prefix="/api/v1/duplicates", tags=["duplicates"])
     app.include_router(health.router, prefix="/api/v1/health", tags=["health"])
     app.include_router(info.router, tags=["info"])
     app.include_router(metrics.router, tags=["metrics"])

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.core.config import Settings
 from app.core.database import Database, apply_schema, create_engine
 from app.core.embedded_postgres import postgres_server
+from app.core.resources import SearchDefaults
 from app.core.vector_index import ensure_vector_index, search_settings
+from app.services.duplicates import current_build, link_options
 from bench.seaweedfs import S3Server, SeaweedUnavailable, seaweedfs_server, weed_binary
 from tests.support.app import DatabaseFactory, MakeClient, app_client, make_settings
 
@@ -62,10 +64,18 @@ async def database_url(create_database: DatabaseFactory) -> URL:
 @pytest.fixture(scope="session")
 async def database(database_url: URL) -> AsyncIterator[Database]:
     """The test database, prepared as the service prepares its own (default settings)."""
-    index = Settings.model_validate({}).vector_index
+    settings = Settings.model_validate({})
+    index = settings.vector_index
     engine = create_engine(database_url, server_settings=search_settings(index))
     await apply_schema(engine, embedding_dimension=512)
     await ensure_vector_index(engine, index)
+    # The first build of the duplicate links, committed as the service's start-up does (a
+    # test's own transaction must not hold it uncommitted while its app starts).
+    async with engine.connect() as connection:
+        await current_build(
+            connection,
+            link_options(SearchDefaults.from_settings(settings), settings.EMBEDDING_MODEL),
+        )
     yield Database(engine, database_url)
     await engine.dispose()
 

@@ -163,7 +163,8 @@ async def test_help_loads_none_of_the_heavy_libraries() -> None:
 
 
 async def test_every_command_has_help() -> None:
-    for command in ("serve", "reembed", "reindex", "check", "import", "search", "keys"):
+    commands = ("serve", "reembed", "reindex", "check", "import", "search", "duplicates", "keys")
+    for command in commands:
         code, text = await run_cli([command, "--help"], dict(os.environ), stream="stdout")
         assert code == 0 and "usage: python -m app" in text
 

@@ -276,3 +276,77 @@ async def test_the_page_asks_for_a_key_and_works_with_one(
     assert "This request needs an API key" in refused and "see API key above" in refused
     assert thumbnail_source is not None and thumbnail_source.startswith("blob:")
     assert status == "0 similar picture(s) for holiday.jpg."
+
+
+@needs_chromium
+async def test_the_page_shows_copies_side_by_side_and_resolves_them(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "browser_duplicates")
+    holiday, beach = scene(640, 480, seed=1), scene(640, 480, seed=4)
+    pictures = {
+        "holiday.jpg": encode(holiday, "JPEG", quality=90),
+        "holiday-small.jpg": encode(holiday.resize((320, 240)), "JPEG", quality=60),
+        "holiday-q30.jpg": encode(holiday, "JPEG", quality=30),
+        "beach.jpg": encode(beach, "JPEG", quality=90),
+        "beach-copy.jpg": encode(beach.resize((480, 360)), "JPEG", quality=70),
+        "other.jpg": encode(scene(640, 480, seed=2), "JPEG"),
+    }
+
+    with live_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as api:
+            for name, data in pictures.items():
+                await api.post("/api/v1/images/upload", files={"file": (name, data)})
+
+        async with offline_page(base_url) as browser:
+            page = browser.page
+            groups = page.locator("#duplicate-groups li.group")
+            await page.goto(base_url)
+            await page.wait_for_function(
+                "document.querySelectorAll('#duplicate-groups li.group').length == 2"
+            )
+            first = groups.nth(0)
+            titles = await groups.locator("h3").all_inner_texts()
+            cards = await first.locator("li.card").all_inner_texts()
+            checked = await first.locator("input.keep").evaluate_all(
+                "boxes => boxes.map(box => box.checked)"
+            )
+            keeper = await first.locator("li.card.keeper").inner_text()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.locator("#duplicates-title").scroll_into_view_if_needed()
+            await page.locator("#duplicate-groups").screenshot(
+                path=str(SCREENSHOT.with_name("duplicates.png"))
+            )
+
+            # "Not a copy" separates the beach copy from the beach: that group goes.
+            await (
+                groups.nth(1)
+                .get_by_role("button", name="beach-copy.jpg is not a copy of the others")
+                .click()
+            )
+            await page.wait_for_function(
+                "document.querySelectorAll('#duplicate-groups li.group').length == 1"
+            )
+            # Resolving keeps the checked keeper and deletes the two other holiday pictures.
+            await groups.nth(0).get_by_role("button", name="Keep the checked pictures").click()
+            await page.wait_for_function(
+                "document.getElementById('duplicates-status').textContent === 'No copies found.'"
+            )
+            await page.wait_for_function("document.querySelectorAll('#gallery li').length == 4")
+
+        async with httpx.AsyncClient(base_url=base_url) as api:
+            stored = (await api.get("/api/v1/images/")).json()
+            groups_left = (await api.get("/api/v1/duplicates")).json()
+
+    assert titles[0].startswith("3 copies") and titles[1].startswith("2 copies")
+    assert [card.startswith("suggested keeper") for card in cards] == [True, False, False]
+    assert "640 \u00d7 480" in keeper and "holiday.jpg" in keeper
+    assert checked == [True, False, False]
+    assert sorted(item["filename"] for item in stored["items"]) == [
+        "beach-copy.jpg",
+        "beach.jpg",
+        "holiday.jpg",
+        "other.jpg",
+    ]
+    assert groups_left["total"] == 0
+    assert browser.blocked == [] and browser.failed == []

@@ -88,6 +88,8 @@ async def test_readme_try_it_runs_as_written_and_answers_as_shown(
     assert "HTTP/1.1 200" in output
     assert '"query_image_id":null' in output  # the search by an uploaded image
     assert "image_uploads_total" in output  # the metrics
+    # The duplicates: the sample and its copy, one group, the sample its suggested keeper.
+    assert '"size":2,"suggested_keeper":"' in output and '"rebuild_needed":false' in output
     assert (checkout / "original.jpg").read_bytes() == (checkout / "sample_image.jpg").read_bytes()
     assert (checkout / "thumbnail.jpg").read_bytes().startswith(b"\xff\xd8")
 

@@ -7,8 +7,8 @@ dependency because FastAPI parses a multipart body before it runs any dependency
 upload must cost its headers only. For each request, in order:
 
 1. the scope its operation needs (read < write < admin), from the OpenAPI document; any other
-   path under /api/v1/images needs `read`. Other paths (probes, /info, the page, the docs)
-   need nothing;
+   path under /api/v1/images or /api/v1/duplicates needs `read`. Other paths (probes, /info,
+   the page, the docs) need nothing;
 2. if that scope is guarded (AUTH_REQUIRED, or ADMIN_TOKEN for `admin`): the caller's key or
    ADMIN_TOKEN, from `Authorization: Bearer` or `X-API-Key`: 401 `not_authorized` without,
    401 `invalid_api_key` when unknown or revoked, 403 `insufficient_scope` when too small;
@@ -53,7 +53,7 @@ from app.models.api_key import SCOPES, KeyScope, grants
 from app.services.api_keys import ApiKey, find_key, key_digest, looks_like_key
 
 API_KEY_HEADER = "X-API-Key"
-GUARDED_PREFIX = "/api/v1/images"
+GUARDED_PREFIXES = ("/api/v1/images", "/api/v1/duplicates")
 _CREDENTIALS_HELP = "Send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 
 bearer_scheme = HTTPBearer(
@@ -196,7 +196,7 @@ class AccessMiddleware:
         for rule_method, pattern, scope in self._rules:
             if rule_method == method and pattern.match(path):
                 return scope
-        return "read" if path.startswith(GUARDED_PREFIX) else None
+        return "read" if path.startswith(GUARDED_PREFIXES) else None
 
     def _guarded(self, scope: KeyScope) -> bool:
         return self.auth_required or (scope == "admin" and self.admin_token is not None)

@@ -52,6 +52,30 @@ def _add_remote_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_duplicates_command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> None:
+    duplicates = commands.add_parser(
+        "duplicates",
+        help="print the duplicate groups of a running service; --rebuild: find every image's "
+        "links again (in the service's database), after a model or threshold change",
+    )
+    _add_remote_options(duplicates)
+    duplicates.add_argument("--json", action="store_true", help="print the groups as JSON")
+    duplicates.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild the groups in the database (resumable: run it again after a stop)",
+    )
+    duplicates.add_argument(
+        "--batch-size", type=int, default=500, help="--rebuild: images per commit"
+    )
+    duplicates.add_argument(
+        "--concurrency", type=int, default=2, help="--rebuild: searches at once"
+    )
+    duplicates.set_defaults(handler="duplicates:duplicates")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest cosine similarity (-1..1; default: the service's SIMILARITY_THRESHOLD)",
     )
     search.set_defaults(handler="remote:search")
+    _add_duplicates_command(commands)
     _add_keys_commands(commands)
     return parser
 

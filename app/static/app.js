@@ -114,6 +114,7 @@ async function handleFile(file) {
       return;
     }
     loadGallery(); // it is stored, whatever the search below answers
+    loadDuplicates(); // duplicates.js
   }
   await search();
 }
@@ -190,6 +191,7 @@ async function deleteShown() {
     shownImageId = null;
     setStatus("Picture deleted.");
     loadGallery();
+    loadDuplicates();
   } catch (error) {
     setStatus(error.message, true);
   }

@@ -58,8 +58,13 @@ async def service(
 
 
 async def _call(service: Service, method: str, path: str, headers: dict[str, str]) -> Response:
-    path = path.replace("{image_id}", service.image_id)
+    path = path.replace("{image_id}", service.image_id).replace("{group_id}", str(uuid.uuid4()))
     client = service.client
+    if path.endswith("/resolve"):
+        return await client.post(path, json={"keep": [service.image_id]}, headers=headers)
+    if path.endswith("/not-duplicates"):
+        pair = [service.image_id, str(uuid.uuid4())]  # the second is not stored: a 404
+        return await client.post(path, json={"pairs": [pair]}, headers=headers)
     if method == "POST":
         # A new picture each time, so every allowed upload is a 201.
         picture = jpeg_bytes(seed=uuid.uuid4().int % 10_000 + 10)
@@ -79,6 +84,10 @@ OPERATIONS: list[tuple[str, str, KeyScope, int]] = [
     ("GET", "/api/v1/images/{image_id}/thumbnail", "read", 200),
     ("POST", "/api/v1/images/upload", "write", 201),
     ("DELETE", "/api/v1/images/{image_id}", "write", 404),  # a random id: nothing to delete
+    ("GET", "/api/v1/duplicates", "read", 200),
+    ("GET", "/api/v1/duplicates/{group_id}", "read", 404),  # a random id: no such group
+    ("POST", "/api/v1/duplicates/{group_id}/resolve", "write", 404),
+    ("POST", "/api/v1/duplicates/not-duplicates", "write", 404),
     ("GET", "/api/v1/health/detailed", "admin", 200),
     ("GET", "/metrics", "admin", 200),
 ]

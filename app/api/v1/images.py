@@ -45,7 +45,7 @@ from app.schemas.image import (
     SimilarImage,
     SimilarImagesResponse,
 )
-from app.services import images, ingest, search
+from app.services import duplicates, images, ingest, search
 from app.services.search import SearchOptions
 
 router = APIRouter()
@@ -87,6 +87,13 @@ async def upload_image(
         decode_slots=resources.decode_slots,
     )
     resources.metrics.embedding_seconds.observe(result.analysis_seconds)
+    # After the upload's commit; for bytes already stored, only if their links were never found.
+    await duplicates.link_image(
+        connection,
+        result.image_id,
+        duplicates.link_options(resources.search_defaults, resources.embedder.name),
+        new=result.created,
+    )
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return ImageUploadResponse(
@@ -189,6 +196,7 @@ async def delete_image(
     image_id: ImageId, connection: ConnectionDep, resources: ResourcesDep
 ) -> None:
     await images.delete_image(connection, image_id, store=resources.store)
+    await duplicates.settle_groups(connection)  # its group may have split
 
 
 @router.post(
