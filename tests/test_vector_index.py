@@ -39,6 +39,18 @@ async def fresh_engine(
     return engine, url
 
 
+async def sparse_graph(
+    tmp_path: Path, create_database: DatabaseFactory, name: str
+) -> tuple[VectorIndexConfig, AsyncEngine, URL]:
+    """An empty database whose HNSW index is a sparse graph searched with a tiny beam: greedy
+    routing often never reaches a query's cluster (as it does, more rarely, at the default
+    settings on 100k images). Rows added later join the graph one by one."""
+    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    engine, url = await fresh_engine(create_database, name, index)
+    await ensure_vector_index(engine, index)
+    return index, engine, url
+
+
 def dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -167,11 +179,7 @@ async def test_processes_starting_at_once_share_the_schema_and_index_work(
 async def test_a_search_stuck_in_the_graph_scans_wider_and_finds_the_neighbourhood(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    # A sparse graph searched with a tiny beam: greedy routing often never reaches the query's
-    # cluster (as it does, more rarely, at the default settings on 100k images).
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
-    engine, url = await fresh_engine(create_database, "stuck_search", index)
-    await ensure_vector_index(engine, index)
+    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
     ids = await copy_vectors(dsn(url), vectors, model=MODEL)
     scores = vectors @ vectors.T
@@ -198,9 +206,7 @@ async def test_a_search_stuck_in_the_graph_scans_wider_and_finds_the_neighbourho
 async def test_verification_labels_the_candidates_of_the_final_scan(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
-    engine, url = await fresh_engine(create_database, "stuck_verified_search", index)
-    await ensure_vector_index(engine, index)
+    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_verified_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
     # Every row shows the same flat picture (features of under 1 KB): each candidate verifies.
     flat = extract(Image.new("RGB", (64, 48), (90, 120, 200))).to_bytes()
@@ -234,9 +240,7 @@ async def test_verification_labels_the_candidates_of_the_final_scan(
 async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
-    engine, url = await fresh_engine(create_database, "stuck_upload_search", index)
-    await ensure_vector_index(engine, index)
+    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_upload_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
     ids = await copy_vectors(dsn(url), vectors, model=MODEL)
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
@@ -263,9 +267,7 @@ async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
 async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
-    engine, url = await fresh_engine(create_database, "stuck_held_out", index)
-    await ensure_vector_index(engine, index)
+    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_held_out")
     vectors = clustered_vectors(2200, clusters=200, seed=4)
     stored, held_out = vectors[:2000], vectors[2000:]  # queries from the stored clusters
     await copy_vectors(dsn(url), stored, model=MODEL)
@@ -292,9 +294,7 @@ async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
 async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
-    engine, url = await fresh_engine(create_database, "lonely_search", index)
-    await ensure_vector_index(engine, index)
+    index, engine, url = await sparse_graph(tmp_path, create_database, "lonely_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
     ids = await copy_vectors(dsn(url), vectors, model=MODEL)
     options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
