@@ -43,6 +43,21 @@ CREATE INDEX IF NOT EXISTS images_upload_timestamp_idx ON images (upload_timesta
 --   CREATE INDEX images_embedding_vector_idx ON images
 --       USING hnsw (embedding_vector vector_cosine_ops) WITH (m = 16, ef_construction = 64);
 
+-- Region vectors (REGION_VECTORS): each image's embedding of parts of its picture (its four
+-- quadrants and its centre, app/imaging/cnn.py), so that a search also finds a picture that shows
+-- the query in a part of its frame (a collage tile, a screenshot). Written in the upload's
+-- transaction, removed with the image (ON DELETE CASCADE); `python -m app reembed` fills them in.
+-- Their own vector index (image_regions_embedding_vector_idx) is built with the images' one.
+CREATE TABLE IF NOT EXISTS image_regions (
+    image_id UUID NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    region SMALLINT NOT NULL CHECK (region >= 0),
+    embedding_model VARCHAR(64) NOT NULL,
+    embedding_vector VECTOR(512) NOT NULL,
+    PRIMARY KEY (image_id, region)
+);
+
+ALTER TABLE image_regions ALTER COLUMN embedding_vector SET STORAGE PLAIN;
+
 -- API keys (README, "Access and limits"). Only the SHA-256 digest of a key is stored, never the
 -- key. A name belongs to one active key at a time; a revoked key keeps its row (and its name
 -- may be given to a new key).

@@ -39,10 +39,10 @@ DECODING_ROUTES = (("POST", UPLOAD_ROUTE), ("POST", "/api/v1/images/search"))
 
 
 async def _check_embeddings(resources: Resources) -> None:
-    """Start-up checks: warn about embeddings of another model and (with verification on)
-    images without local features; prepare the duplicate groups (first build, splits left
-    undone). Skipped with a warning when the database has gone away since the schema was
-    applied."""
+    """Start-up checks: warn about embeddings of another model and images without local
+    features (with verification on) or region vectors (with REGION_VECTORS on); prepare the
+    duplicate groups (first build, splits left undone). Skipped with a warning when the
+    database has gone away since the schema was applied."""
     embedder = resources.embedder
     try:
         async with resources.engine.connect() as connection:
@@ -51,6 +51,11 @@ async def _check_embeddings(resources: Resources) -> None:
                 await count_stale_embeddings(connection, model=embedder.name, local_features=True)
                 - stale
                 if resources.search_defaults.verification_candidates
+                else 0
+            )
+            without_regions = (
+                await count_stale_embeddings(connection, model=embedder.name, regions=True) - stale
+                if resources.search_defaults.regions
                 else 0
             )
             await duplicate_groups.prepare_groups(
@@ -75,6 +80,13 @@ async def _check_embeddings(resources: Resources) -> None:
             "with VERIFY_NEAR_DUPLICATES off, or by an earlier release); their near-duplicates "
             "are labelled by score until `python -m app reembed` has run",
             unverifiable,
+        )
+    if without_regions:
+        logger.warning(
+            "%d stored images have no region vectors (stored with REGION_VECTORS off, or by an "
+            "earlier release); a search finds them by their whole picture only until "
+            "`python -m app reembed` has run",
+            without_regions,
         )
 
 

@@ -106,3 +106,26 @@ async def copy_vectors(
     finally:
         await connection.close()
     return [row["id"] for row in rows]
+
+
+async def copy_regions(
+    dsn: str, ids: Sequence[uuid.UUID], vectors: NDArray[np.float32], *, model: str
+) -> None:
+    """Load region vectors (REGION_VECTORS) with COPY: `vectors` is len(ids) x regions x
+    dimension, row i's regions numbered 0, 1, ... in order."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await register_vector(connection)
+        records = [
+            (image_id, number, model, vector)
+            for image_id, parts in zip(ids, vectors, strict=True)
+            for number, vector in enumerate(parts)
+        ]
+        await connection.copy_records_to_table(
+            "image_regions",
+            records=records,
+            columns=["image_id", "region", "embedding_model", "embedding_vector"],
+        )
+        await connection.execute("ANALYZE image_regions")
+    finally:
+        await connection.close()

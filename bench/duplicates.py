@@ -248,7 +248,7 @@ async def quality() -> None:
     # 20 nearest only).
     settings = Settings.model_validate({})
     embedder = create_embedder(settings)
-    vectors, _ = embed_all(embedder, samples)
+    vectors, _, _ = embed_all(embedder, samples)
     similarity = vectors @ vectors.T
     for threshold in (0.7, 0.8, 0.9):
         close = np.argwhere(np.triu(similarity >= threshold, k=1))

@@ -1,8 +1,8 @@
 """Retrieval and near-duplicate quality, per edit kind and per kind of picture, for every
-configuration side by side: pHash and dHash (the baselines), each embedder alone, and each
-embedder with near-duplicate verification (the service's default: cnn + verification), plus
-three frame-robust options measured for comparison (the query in four orientations, plain
-borders trimmed, region vectors: each stored picture also embedded by quadrants and centre).
+configuration side by side: pHash and dHash (the baselines), each embedder alone, with
+near-duplicate verification, and with region vectors and verification (the service's default:
+cnn + REGION_VECTORS + VERIFY_NEAR_DUPLICATES), plus two frame-robust options measured for
+comparison (the query in four orientations, plain borders trimmed).
 
 The sets (bench/edit_sets.py): the 22 real photos shipped in the scikit-image, scikit-learn and
 matplotlib wheels, each with mild edits, hard edits (rotations, off-centre crops, pads, a
@@ -12,8 +12,10 @@ bordered pictures), 12 of each kind with 4 edits each. Every file goes through t
 own decode path (`analyse_image`).
 
 Each original is a query. Per (query, copy) pair, the copy is ranked against the images that do
-not contain the query's original, as the service would rank it: by score, or (with
-verification) verified candidates among the best `--candidates` first. AP is 1 / that rank.
+not contain the query's original, as the service would rank it: by score (with region vectors,
+a stored picture's score is its best over its global vector and its region vectors, computed
+by the service's own `analyse_image(..., regions=True)`), or (with verification) verified
+candidates among the best `--candidates` first. AP is 1 / that rank.
 near_duplicate precision and recall count, among the best `--candidates` of each query, the
 copies and the unrelated images given the label: by NEAR_DUPLICATE_THRESHOLD on the score
 without verification, by verification with it.
@@ -58,6 +60,8 @@ class Result:
 
     ap: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     labelled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    # Per edit of a photo: copies labelled near_duplicate, copies.
+    found: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def mean_ap(self, category: str, edits: set[str] | None = None) -> float:
         values = [
@@ -127,6 +131,8 @@ def evaluate(
             counts[2] += 1
             counts[0] += int(duplicate)
             if sample.category == "photo":
+                result.found[samples[copy].edit][0] += int(duplicate)
+                result.found[samples[copy].edit][1] += 1
                 group = next(g for g, edits in PHOTO_GROUPS.items() if samples[copy].edit in edits)
                 result.labelled[f"photo {group}"][2] += 1
                 result.labelled[f"photo {group}"][0] += int(duplicate)
@@ -145,18 +151,28 @@ def hamming_similarity(samples: list[Sample], hasher: Callable[..., object]) -> 
     return similarity
 
 
-def embed_all(embedder: Embedder, samples: list[Sample]) -> tuple[NDArray[np.float64], float]:
-    """Vectors of every sample and the mean ms per image (decode + embed)."""
+def embed_all(
+    embedder: Embedder, samples: list[Sample], *, regions: bool = False
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """Vectors of every sample, their region vectors (samples x regions x dimension; 0 regions
+    without `regions`) and the mean ms per image (decode + embed), as an upload computes
+    them."""
     started = time.perf_counter()
-    vectors = np.stack(
+    analysed = [
+        analyse_image(
+            s.data, allowed_formats=FORMATS, max_pixels=10**8, embedder=embedder, regions=regions
+        )
+        for s in samples
+    ]
+    elapsed = 1000 * (time.perf_counter() - started) / len(samples)
+    vectors = np.stack([a.embedding for a in analysed]).astype(np.float64)
+    parts = np.stack(
         [
-            analyse_image(
-                s.data, allowed_formats=FORMATS, max_pixels=10**8, embedder=embedder
-            ).embedding
-            for s in samples
+            a.regions if a.regions is not None else np.zeros((0, embedder.dimension))
+            for a in analysed
         ]
     ).astype(np.float64)
-    return vectors, 1000 * (time.perf_counter() - started) / len(samples)
+    return vectors, parts, elapsed
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -183,19 +199,6 @@ def trim_borders(image: Image.Image, tolerance: int = 12) -> Image.Image:
                 image = image.crop(box)
                 grey = np.asarray(image.convert("L"), dtype=np.int16)
     return image
-
-
-def region_crops(image: Image.Image) -> list[Image.Image]:
-    """The four quadrants and the centre (three quarters of each side)."""
-    width, height = image.size
-    boxes = [
-        (0, 0, width // 2, height // 2),
-        (width // 2, 0, width, height // 2),
-        (0, height // 2, width // 2, height),
-        (width // 2, height // 2, width, height),
-        (width // 8, height // 8, width * 7 // 8, height * 7 // 8),
-    ]
-    return [image.crop(box) for box in boxes]
 
 
 def embed_pictures(embedder: Embedder, pictures: list[Image.Image]) -> NDArray[np.float64]:
@@ -259,7 +262,7 @@ def main() -> None:
     )
     for model in arguments.models:
         embedder = create_named_embedder(model, 512, model_dir=model_dir)
-        vectors, timings[model] = embed_all(embedder, everything)
+        vectors, _, timings[model] = embed_all(embedder, everything)
         similarity = vectors[:n] @ vectors[:n].T
         results[model] = evaluate(
             samples, similarity, candidates=arguments.candidates, label_by_score=True
@@ -280,6 +283,23 @@ def main() -> None:
             f"score {burst_score:.3f}, "
             + ("near_duplicate" if evidence else "not verified")
             + (f" ({evidence.inliers} inliers)" if evidence else "")
+        )
+        # Region vectors (REGION_VECTORS, the service's default): a stored picture's score is
+        # its best over its global vector and its region vectors; the query uses its global one.
+        region_vectors, regions, timings[f"{model}+regions"] = embed_all(
+            embedder, samples, regions=True
+        )
+        assert np.allclose(region_vectors, vectors[:n], atol=1e-5), "regions change the vector"
+        by_region = np.maximum(similarity, np.einsum("qd,crd->qcr", vectors[:n], regions).max(2))
+        results[f"{model}+regions"] = evaluate(
+            samples, by_region, candidates=arguments.candidates, label_by_score=True
+        )
+        results[f"{model}+regions+verify"] = evaluate(
+            samples,
+            by_region,
+            candidates=arguments.candidates,
+            label_by_score=True,
+            verifier=verifier,
         )
         if arguments.no_options:
             continue
@@ -305,21 +325,6 @@ def main() -> None:
             trimmed_vectors @ trimmed_vectors.T,
             candidates=arguments.candidates,
             label_by_score=True,
-        )
-        # Region vectors: every stored picture also embedded by parts (its four quadrants and
-        # its centre); a query's score for a picture is its best over the whole and the parts.
-        started = time.perf_counter()
-        regions = np.stack(
-            [embed_pictures(embedder, region_crops(decoded(s.data))) for s in samples]
-        )
-        timings[f"{model} regions"] = 1000 * (time.perf_counter() - started) / n
-        by_region = np.maximum(similarity, np.einsum("qd,crd->qcr", vectors[:n], regions).max(2))
-        results[f"{model}+regions+verify"] = evaluate(
-            samples,
-            by_region,
-            candidates=arguments.candidates,
-            label_by_score=True,
-            verifier=verifier,
         )
 
     report(results, timings, features_ms, burst_scores)
@@ -374,7 +379,21 @@ def report(
             precision, recall, fp = results[n].precision_recall(categories)
             cells.append(f"{precision:.3f} / {recall:.3f} ({fp})")
         print(f"{label:<22}" + "".join(f"{c:>{width + 8}}" for c in cells))
-    print("\ntime per picture, in-process (decode + embed; + local features for +verify):")
+    print("\nnear_duplicate recall per edit of a photo (copies labelled / copies):")
+    labelling = [n for n in names if "Hash" not in n]
+    print(f"{'edit':<22}" + "".join(f"{n:>{width}}" for n in labelling))
+    for edit in {**MILD_EDITS, **HARD_EDITS, "screenshot": 0, "collage_tile": 0}:
+        print(
+            f"{edit:<22}"
+            + "".join(
+                f"{f'{results[n].found[edit][0]} / {results[n].found[edit][1]}':>{width}}"
+                for n in labelling
+            )
+        )
+    print(
+        "\ntime per picture, in-process (decode + embed; +regions: and the region vectors, as "
+        "an upload with REGION_VECTORS; local features are extra for +verify):"
+    )
     for model, ms in timings.items():
         print(f"  {model:<16} {ms:7.1f} ms   (local features: {features_ms:.1f} ms more)")
     print("  (the cost of verification per search: bench/search.py)")
@@ -382,14 +401,17 @@ def report(
     for name, text in burst_scores.items():
         print(f"  {name:<16} {text}")
     print()
-    default = results.get("cnn+verify")
-    if default is not None:
-        hard = default.mean_ap("photo", PHOTO_GROUPS["hard"])
-        precision, recall, _ = default.precision_recall(("photo",))
+    # The default, and the same without region vectors (REGION_VECTORS=false) as its baseline.
+    for label, name in (("default", "cnn+regions+verify"), ("baseline", "cnn+verify")):
+        if name not in results:
+            continue
+        chosen = results[name]
+        hard = chosen.mean_ap("photo", PHOTO_GROUPS["hard"])
+        precision, recall, _ = chosen.precision_recall(("photo",))
         print(
-            f"quality: default=cnn+verify hard_map={hard:.4f} "
-            f"screenshot_ap={np.mean(default.ap['photo', 'screenshot']):.4f} "
-            f"collage_ap={np.mean(default.ap['photo', 'collage_tile']):.4f} "
+            f"quality: {label}={name} hard_map={hard:.4f} "
+            f"screenshot_ap={np.mean(chosen.ap['photo', 'screenshot']):.4f} "
+            f"collage_ap={np.mean(chosen.ap['photo', 'collage_tile']):.4f} "
             f"photo_nd_precision={precision:.4f} photo_nd_recall={recall:.4f}"
         )
 

@@ -13,6 +13,9 @@ Loads N clustered vectors with COPY, builds the configured index, then
   checkout (an earlier commit) on the same data, in the same turns;
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
 - the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint;
+- GET /similar with region vectors (the default: every row has REGION_COUNT of them, drawn
+  around the same cluster centres, in image_regions and its own index) against the same app
+  with REGION_VECTORS=false, which searches the global vectors alone;
 - GET /similar with near-duplicate verification (the default: VERIFICATION_CANDIDATES
   candidates verified with their stored local features) against the same app with
   VERIFY_NEAR_DUPLICATES=false, which runs the search exactly as before verification existed
@@ -44,7 +47,8 @@ import numpy as np
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.resources import SearchDefaults
-from app.core.vector_index import INDEX_NAME, search_settings
+from app.core.vector_index import INDEX_NAME, REGION_INDEX_NAME, search_settings
+from app.imaging.embeddings import REGION_BOXES
 from app.imaging.verification import extract
 from app.services.search import (
     SearchOptions,
@@ -52,7 +56,7 @@ from app.services.search import (
     search_by_image,
     search_stored_image,
 )
-from bench.corpus import clustered_vectors, copy_vectors
+from bench.corpus import clustered_vectors, copy_regions, copy_vectors
 from bench.edit_sets import shapes
 from bench.harness import (
     ROOT as ROOT_CHECKOUT,
@@ -73,6 +77,7 @@ from bench.seaweedfs import storage_environment
 MODEL = "cnn"  # the service's default model, so /similar compares these rows
 FEATURE_PICTURES = 64
 QUERIES = 200
+REGION_COUNT = len(REGION_BOXES)  # region vectors per row, as uploads store them
 BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
 Call = Callable[[int], Awaitable[object]]
 
@@ -84,7 +89,8 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
     # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
     # Verification off: the recall and self-hit figures are the index's own (verification
     # re-ranks the final scan's candidates after it; the apps below measure what it costs).
-    settings = Settings(STORAGE_BACKEND="local", VERIFY_NEAR_DUPLICATES=False)
+    # Region vectors off too: recall is measured against an exact search of the global vectors.
+    settings = Settings(STORAGE_BACKEND="local", VERIFY_NEAR_DUPLICATES=False, REGION_VECTORS=False)
     index = settings.vector_index
     async with AsyncExitStack() as stack:
         server_dsn = stack.enter_context(postgres_server())
@@ -104,6 +110,10 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         ids = await copy_vectors(
             libpq_dsn(url), stored, model=MODEL, local_features=feature_blobs()
         )
+        regions = clustered_vectors(rows * REGION_COUNT, clusters=clusters, seed=1)
+        await copy_regions(
+            libpq_dsn(url), ids, regions.reshape(rows, REGION_COUNT, -1), model=MODEL
+        )
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         if not grown:
@@ -119,6 +129,13 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
             table_mb = (
                 await connection.exec_driver_sql("SELECT pg_total_relation_size('images')")
             ).scalar_one()
+            region_index_mb, regions_mb = (
+                await connection.exec_driver_sql(
+                    "SELECT pg_relation_size(to_regclass($1)), "
+                    "pg_total_relation_size('image_regions') - pg_indexes_size('image_regions')",
+                    (REGION_INDEX_NAME,),
+                )
+            ).one()
             # Recall@10 of held-out vectors against exact search, through the service's own
             # statement and vector codec (a search by an uploaded image).
             # The service's own options (its re-check threshold included), all results kept.
@@ -178,6 +195,7 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         apps = {
             "http": (ROOT_CHECKOUT, environment),
             "http verify off": (ROOT_CHECKOUT, {**environment, "VERIFY_NEAR_DUPLICATES": "false"}),
+            "http regions off": (ROOT_CHECKOUT, {**environment, "REGION_VECTORS": "false"}),
         } | ({"baseline http": (baseline, environment)} if baseline else {})
         clients: dict[str, KeepAliveClient] = {}
         servers: dict[str, RunningApp] = {}
@@ -227,6 +245,10 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
     print(f"index: {status.definition} {built}")
     print(f"index size {index_mb / 2**20:.0f} MB, table {table_mb / 2**20:.0f} MB")
     print(
+        f"region vectors: {rows * REGION_COUNT} rows, {regions_mb / 2**20:.0f} MB, their index "
+        f"{(region_index_mb or 0) / 2**20:.0f} MB (index build time above: both indexes)"
+    )
+    print(
         f"recall@10 over {QUERIES} held-out queries: mean {recall:.3f}, "
         f"share at 0: {zero_recall:.3f}, share below 0.5: {low_recall:.3f}"
     )
@@ -255,6 +277,12 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         f"server CPU per /similar {server_cpu_ms['http']:.3f} ms with it, "
         f"{server_cpu_ms['http verify off']:.3f} ms without: "
         f"{server_cpu_ms['http'] / server_cpu_ms['http verify off']:.2f} x"
+    )
+    regions_off_p50 = percentile(report["http regions off c=1"], 0.5)
+    print(
+        f"region vectors: /similar p50 {http_p50:.2f} ms with them, {regions_off_p50:.2f} ms "
+        f"without (REGION_VECTORS=false): {http_p50 / regions_off_p50:.2f} x; server CPU per "
+        f"/similar {server_cpu_ms['http regions off']:.3f} ms without"
     )
     if baseline is not None:
         baseline_p50 = percentile(report["baseline http c=1"], 0.5)

@@ -40,6 +40,7 @@ def reembed(arguments: argparse.Namespace) -> None:
                 batch_size=arguments.batch_size,
                 on_progress=on_progress,
                 local_features=settings.VERIFY_NEAR_DUPLICATES,
+                regions=settings.regions,
             )
 
     try:

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # verify the best VERIFICATION_CANDIDATES of them; a verified match is a near_duplicate.
     VERIFY_NEAR_DUPLICATES: bool = True
     VERIFICATION_CANDIDATES: int = Field(default=20, ge=1, le=100)
+    # Region vectors: each stored picture is also embedded by its quadrants and centre, and a
+    # search compares the query with those too (collages, screenshots); `cnn` and `perceptual`.
+    REGION_VECTORS: bool = True
 
     # Vector index (see README, "Search at scale")
     VECTOR_INDEX: Literal["hnsw", "ivfflat", "none"] = "hnsw"
@@ -211,6 +214,12 @@ class Settings(BaseSettings):
     @property
     def embedded_pgdata_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+    @property
+    def regions(self) -> bool:
+        """Whether region vectors are stored and searched: REGION_VECTORS, for an embedder that
+        sees pixels (the hash mock's regions would be random vectors)."""
+        return self.REGION_VECTORS and self.EMBEDDING_MODEL != "hash"
 
     @cached_property  # read on every search: built once
     def vector_index(self) -> "VectorIndexConfig":

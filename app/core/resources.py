@@ -32,6 +32,7 @@ class UploadPolicy:
     max_frames: int
     allowed_formats: frozenset[str]  # Pillow format names
     local_features: bool  # computed for verification (VERIFY_NEAR_DUPLICATES)
+    regions: bool  # region vectors computed and stored (REGION_VECTORS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "UploadPolicy":
@@ -41,6 +42,7 @@ class UploadPolicy:
             max_frames=settings.MAX_FRAMES,
             allowed_formats=settings.allowed_formats,
             local_features=settings.VERIFY_NEAR_DUPLICATES and settings.EMBEDDING_MODEL != "hash",
+            regions=settings.regions,
         )
 
 
@@ -54,6 +56,7 @@ class SearchDefaults:
     near_duplicate_threshold: float
     index: VectorIndexConfig
     verification_candidates: int  # 0: verification off
+    regions: bool  # stored images are also found by their region vectors (REGION_VECTORS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SearchDefaults":
@@ -66,6 +69,7 @@ class SearchDefaults:
             verification_candidates=settings.VERIFICATION_CANDIDATES
             if settings.VERIFY_NEAR_DUPLICATES and settings.EMBEDDING_MODEL != "hash"
             else 0,
+            regions=settings.regions,
         )
 
 

@@ -27,7 +27,9 @@ from app.core.config import VectorIndexConfig
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "images_embedding_vector_idx"
-_BUILD_NAME = f"{INDEX_NAME}_build"
+# The region vectors' index (REGION_VECTORS): the same kind and parameters, on image_regions.
+REGION_INDEX_NAME = "image_regions_embedding_vector_idx"
+_INDEXED_TABLES = {INDEX_NAME: "images", REGION_INDEX_NAME: "image_regions"}
 # Below this, IVFFlat is not built (its centres would be learnt from too few rows) and searches
 # are exact, which at this size costs a few milliseconds.
 IVFFLAT_MIN_ROWS = 10_000
@@ -84,16 +86,16 @@ def default_lists(rows: int) -> int:
     return max(1, rows // 1000 if rows <= 1_000_000 else int(math.sqrt(rows)))
 
 
-async def describe_vector_index(connection: AsyncConnection) -> str | None:
-    """What the vector index is (its comment, e.g. "hnsw storage=vector m=16 ..."), "unknown"
-    for an index made by hand, None when there is none. One round trip."""
+async def describe_vector_index(connection: AsyncConnection, name: str = INDEX_NAME) -> str | None:
+    """What the vector index `name` is (its comment, e.g. "hnsw storage=vector m=16 ..."),
+    "unknown" for an index made by hand, None when there is none. One round trip."""
     exists, definition = (
         await connection.execute(
             text(
                 "SELECT to_regclass(:name) IS NOT NULL, "
                 "obj_description(to_regclass(:name), 'pg_class')"
             ),
-            {"name": INDEX_NAME},
+            {"name": name},
         )
     ).one()
     return (definition or "unknown") if exists else None
@@ -102,10 +104,13 @@ async def describe_vector_index(connection: AsyncConnection) -> str | None:
 async def ensure_vector_index(
     engine: AsyncEngine, config: VectorIndexConfig, *, rebuild: bool = False
 ) -> IndexStatus:
-    """Make the vector index match `config`. `rebuild` rebuilds it even if it matches (for an
-    IVFFlat index whose collection has grown since it was built)."""
+    """Make the vector indexes (the images' and the region vectors') match `config`. `rebuild`
+    rebuilds them even if they match (for an IVFFlat index whose collection has grown since it
+    was built). Returns the images index's status."""
     async with schema_lock(engine) as connection:
-        return await _reconcile(connection, config, rebuild=rebuild)
+        status = await _reconcile(connection, config, INDEX_NAME, rebuild=rebuild)
+        await _reconcile(connection, config, REGION_INDEX_NAME, rebuild=rebuild)
+        return status
 
 
 @asynccontextmanager
@@ -128,13 +133,14 @@ async def schema_lock(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 async def _reconcile(
-    connection: AsyncConnection, config: VectorIndexConfig, *, rebuild: bool
+    connection: AsyncConnection, config: VectorIndexConfig, name: str, *, rebuild: bool
 ) -> IndexStatus:
-    current = await describe_vector_index(connection)
+    table, build_name = _INDEXED_TABLES[name], f"{name}_build"
+    current = await describe_vector_index(connection, name)
     if config.kind == "none":
         if current is None:
             return IndexStatus("absent", None)
-        await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
+        await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
         return IndexStatus("dropped", None)
 
     wanted = _signature(config)
@@ -144,13 +150,14 @@ async def _reconcile(
     definition = wanted
     options = f"m = {config.hnsw_m}, ef_construction = {config.hnsw_ef_construction}"
     if config.kind == "ivfflat":
-        rows = await connection.scalar(text("SELECT count(*) FROM images")) or 0
+        rows = await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0  # noqa: S608
         if rows < IVFFLAT_MIN_ROWS:
             if current is not None:
-                await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
+                await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
             logger.warning(
-                "IVFFlat index not built: %d rows (needs %d); searches are exact until "
+                "IVFFlat index on %s not built: %d rows (needs %d); searches are exact until "
                 "`python -m app reindex` runs on a larger collection",
+                table,
                 rows,
                 IVFFLAT_MIN_ROWS,
             )
@@ -160,18 +167,18 @@ async def _reconcile(
         definition = f"ivfflat storage={config.storage} lists={lists}"
 
     opclass = "halfvec_cosine_ops" if config.storage == "halfvec" else "vector_cosine_ops"
-    logger.info("building vector index: %s", definition)
+    logger.info("building vector index on %s: %s", table, definition)
     await connection.execute(text(f"SET maintenance_work_mem = '{config.build_memory}'"))
-    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {_BUILD_NAME}"))
+    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {build_name}"))
     await connection.execute(
         text(
-            f"CREATE INDEX CONCURRENTLY {_BUILD_NAME} ON images "
+            f"CREATE INDEX CONCURRENTLY {build_name} ON {table} "
             f"USING {config.kind} ({indexed_expression(config)} {opclass}) WITH ({options})"
         )
     )
-    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}"))
-    await connection.execute(text(f"ALTER INDEX {_BUILD_NAME} RENAME TO {INDEX_NAME}"))
-    await connection.execute(text(f"COMMENT ON INDEX {INDEX_NAME} IS '{definition}'"))
+    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+    await connection.execute(text(f"ALTER INDEX {build_name} RENAME TO {name}"))
+    await connection.execute(text(f"COMMENT ON INDEX {name} IS '{definition}'"))
     return IndexStatus("built", definition)
 
 

@@ -54,6 +54,8 @@ class AnalysedImage:
     seconds: float  # time spent validating, decoding, embedding (and finding local features)
     # verification.LocalFeatures.to_bytes(), when asked for
     local_features: bytes | None = None
+    # The region vectors (regions x dimension, `Embedder.embed_regions`), when asked for
+    regions: NDArray[np.float32] | None = None
 
 
 def analyse_image(
@@ -64,9 +66,11 @@ def analyse_image(
     embedder: Embedder,
     max_frames: int = 1000,
     local_features: bool = False,
+    regions: bool = False,
 ) -> AnalysedImage:
     """Validate `data` as an accepted image and derive its metadata and embedding (and, with
-    `local_features`, the keypoints near-duplicate verification compares).
+    `local_features`, the keypoints near-duplicate verification compares; with `regions`, the
+    region vectors).
 
     Raises UnsupportedImageFormat (not an accepted format), ImageTooLarge (too many pixels) or
     InvalidImage (corrupt or truncated).
@@ -105,7 +109,10 @@ def analyse_image(
             metadata = _describe(image, mode=mode, transparent=transparent, frames=frames)
             if exif:
                 metadata["exif"] = exif
-        embedding = embedder.embed(picture, content_sha256=digest)
+        if regions:
+            embedding, region_vectors = embedder.embed_regions(picture, content_sha256=digest)
+        else:
+            embedding, region_vectors = embedder.embed(picture, content_sha256=digest), None
         features = (
             verification.extract(picture, original_side=max(stored_size)).to_bytes()
             if local_features
@@ -123,6 +130,7 @@ def analyse_image(
         embedding=embedding,
         seconds=time.perf_counter() - started,
         local_features=features,
+        regions=region_vectors,
     )
 
 

@@ -20,6 +20,36 @@ class Embedder(Protocol):
 
     def embed(self, image: Image.Image, *, content_sha256: bytes) -> NDArray[np.float32]: ...
 
+    def embed_regions(
+        self, image: Image.Image, *, content_sha256: bytes
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The picture's vector (as `embed`) and its region vectors: one L2-normalised row per
+        part of the picture (`REGION_BOXES`), or none (0 rows) for an embedder without them."""
+        ...
+
+
+# The parts of a picture that region vectors embed, as fractions of its width and height (left,
+# top, right, bottom): its four quadrants, and its centre (three quarters of each side). A
+# collage tile fills about a quadrant; a screenshot shows its picture about the centre.
+REGION_BOXES = (
+    (0.0, 0.0, 0.5, 0.5),
+    (0.5, 0.0, 1.0, 0.5),
+    (0.0, 0.5, 0.5, 1.0),
+    (0.5, 0.5, 1.0, 1.0),
+    (0.125, 0.125, 0.875, 0.875),
+)
+
+
+def region_crops(image: Image.Image) -> list[Image.Image]:
+    """The picture's parts, `REGION_BOXES`, in that order."""
+    width, height = image.size
+    return [
+        image.crop(
+            (round(left * width), round(top * height), round(right * width), round(bottom * height))
+        )
+        for left, top, right, bottom in REGION_BOXES
+    ]
+
 
 class HashEmbedder:
     """The original description's mock embedding: a Gaussian vector seeded by the SHA-256 of the
@@ -39,6 +69,13 @@ class HashEmbedder:
         rng = np.random.default_rng(int.from_bytes(content_sha256, "big"))
         vector = rng.standard_normal(self.dimension)
         return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+    def embed_regions(
+        self, image: Image.Image, *, content_sha256: bytes
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """No region vectors: the hash of the file's bytes says nothing about its parts."""
+        vector = self.embed(image, content_sha256=content_sha256)
+        return vector, np.zeros((0, self.dimension), np.float32)
 
 
 # --- perceptual -------------------------------------------------------------------------------
@@ -143,6 +180,14 @@ class PerceptualEmbedder:
             vector = np.zeros(self.dimension)
             vector[0], norm = 1.0, 1.0
         return (vector / norm).astype(np.float32)
+
+    def embed_regions(
+        self, image: Image.Image, *, content_sha256: bytes
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Each part of the picture embedded as a picture of its own."""
+        vector = self.embed(image, content_sha256=content_sha256)
+        parts = [self.embed(crop, content_sha256=b"") for crop in region_crops(image)]
+        return vector, np.stack(parts)
 
 
 _FEATURE_SIZE = (_DCT_KEEP * _DCT_KEEP - 1) + 21 * _ORIENTATION_BINS + 32 + _CHROMA_BINS**2

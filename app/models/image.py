@@ -1,5 +1,5 @@
 """The `images` table as init.sql defines it: the one column list that inserts, reads, the
-benchmark's COPY and the test helpers use."""
+benchmark's COPY and the test helpers use; and its region vectors (`image_regions`)."""
 
 import uuid
 from datetime import datetime
@@ -7,7 +7,17 @@ from typing import Any, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from app.core.vector_index import EmbeddingVector
@@ -34,6 +44,22 @@ images = Table(
     Column("metadata", JSONB, nullable=False),
     Column("processing_status", String(50), nullable=False),
     Column("local_features", LargeBinary),
+)
+
+# The embeddings of parts of each image's picture (REGION_VECTORS), `region` numbering them in
+# the order the embedder gives them.
+image_regions = Table(
+    "image_regions",
+    metadata,
+    Column(
+        "image_id",
+        UUID(as_uuid=True),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("region", SmallInteger, primary_key=True),
+    Column("embedding_model", String(64), nullable=False),
+    Column("embedding_vector", EmbeddingVector(), nullable=False),
 )
 
 # Every column but the vector (about 2 KB a row) and the local features (up to 28 KB), for reads

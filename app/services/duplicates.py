@@ -104,6 +104,7 @@ def link_options(defaults: SearchDefaults, model: str) -> SearchOptions:
         near_duplicate_threshold=defaults.near_duplicate_threshold,
         index=defaults.index,
         verification_candidates=defaults.verification_candidates,
+        regions=defaults.regions,
     )
 
 

@@ -21,7 +21,7 @@ from app.core.storage import (
 )
 from app.errors import ImageFileMissing, ImageNotFound, StorageUnavailable
 from app.imaging.thumbnail import MEDIA_TYPES, ThumbnailFormat, render_thumbnail
-from app.models.image import RECORD_COLUMNS, images
+from app.models.image import RECORD_COLUMNS, image_regions, images
 
 logger = logging.getLogger(__name__)
 
@@ -167,21 +167,32 @@ async def cached_thumbnail(
     return thumbnail
 
 
-def stale_rows(model: str, *, local_features: bool = False) -> ColumnElement[bool]:
+def stale_rows(
+    model: str, *, local_features: bool = False, regions: bool = False
+) -> ColumnElement[bool]:
     """Rows embedded with another model than `model` (or, with `local_features`, without the
-    local features that near-duplicate verification needs)."""
-    other_model = images.c.embedding_model != model
-    return or_(other_model, images.c.local_features.is_(None)) if local_features else other_model
+    local features that near-duplicate verification needs; with `regions`, without region
+    vectors of `model`)."""
+    stale = [images.c.embedding_model != model]
+    if local_features:
+        stale.append(images.c.local_features.is_(None))
+    if regions:
+        stale.append(
+            ~exists().where(
+                image_regions.c.image_id == images.c.id, image_regions.c.embedding_model == model
+            )
+        )
+    return or_(*stale)
 
 
 async def count_stale_embeddings(
-    connection: AsyncConnection, *, model: str, local_features: bool = False
+    connection: AsyncConnection, *, model: str, local_features: bool = False, regions: bool = False
 ) -> int:
     """How many stored images `stale_rows` selects."""
     stale = (
         select(func.count())
         .select_from(images)
-        .where(stale_rows(model, local_features=local_features))
+        .where(stale_rows(model, local_features=local_features, regions=regions))
     )
     return await connection.scalar(stale) or 0
 

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +20,7 @@ from app.core.storage import ImageStore, image_key
 from app.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from app.imaging.analysis import AnalysedImage, analyse_image, clean_text
 from app.imaging.embeddings import Embedder
-from app.models.image import ImageRow, images
+from app.models.image import ImageRow, image_regions, images
 from app.services.images import lock_content_hash
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ async def analyse_upload(
             max_frames=policy.max_frames,
             embedder=embedder,
             local_features=policy.local_features,
+            regions=policy.regions,
         )
 
 
@@ -140,12 +143,38 @@ async def ingest_image(
                 local_features=analysed.local_features,
             )
             await connection.execute(insert(images).values(row))
+            await insert_regions(connection, row["id"], embedder.name, analysed.regions)
             inserted = True  # only the commit is left
     except BaseException as exc:
         if written_key is not None and not (inserted and _commit_outcome_unknown(exc)):
             await _discard_object(store, written_key)
         raise
     return IngestResult(row["id"], display_name, True, analysis_seconds=analysed.seconds)
+
+
+async def insert_regions(
+    connection: AsyncConnection,
+    image_id: uuid.UUID,
+    model: str,
+    regions: NDArray[np.float32] | None,
+) -> None:
+    """Store an image's region vectors (none to store: nothing happens)."""
+    if regions is None or not len(regions):
+        return
+    # One multi-row INSERT: one round trip whatever the number of regions.
+    await connection.execute(
+        insert(image_regions).values(
+            [
+                {
+                    "image_id": image_id,
+                    "region": number,
+                    "embedding_model": model,
+                    "embedding_vector": v,
+                }
+                for number, v in enumerate(regions)
+            ]
+        )
+    )
 
 
 def _commit_outcome_unknown(exc: BaseException) -> bool:

@@ -1,8 +1,9 @@
 """Recompute stored embeddings with the current model (and the local features verification
-needs, when it is on), from the stored files.
+needs and the region vectors, when they are on), from the stored files.
 
 Resumable by construction: only rows whose `embedding_model` differs from the current model (or,
-with `local_features`, that have none) are selected, and each batch is committed on its own,
+with `local_features`, that have none; with `regions`, that have no region vectors of the
+current model) are selected, and each batch is committed on its own,
 so an interrupted run continues where it stopped. Searches keep working meanwhile (they compare
 only embeddings of the current model).
 """
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
@@ -22,8 +23,9 @@ from app.errors import ServiceError
 from app.imaging.analysis import analyse_image
 from app.imaging.embeddings import Embedder
 from app.imaging.formats import BY_NAME
-from app.models.image import images
+from app.models.image import image_regions, images
 from app.services.images import count_stale_embeddings, stale_rows
+from app.services.ingest import insert_regions
 
 ProgressCallback = Callable[["ReembedProgress"], None]
 
@@ -48,10 +50,11 @@ async def reembed_images(
     batch_size: int = 100,
     on_progress: ProgressCallback | None = None,
     local_features: bool = False,
+    regions: bool = False,
 ) -> ReembedProgress:
     async with engine.connect() as connection:
         total = await count_stale_embeddings(
-            connection, model=embedder.name, local_features=local_features
+            connection, model=embedder.name, local_features=local_features, regions=regions
         )
     progress = ReembedProgress(total=total)
     after: uuid.UUID | None = None
@@ -59,7 +62,7 @@ async def reembed_images(
         async with engine.connect() as connection, transaction(connection):
             query = (
                 select(images.c.id, images.c.file_path, images.c.metadata)
-                .where(stale_rows(embedder.name, local_features=local_features))
+                .where(stale_rows(embedder.name, local_features=local_features, regions=regions))
                 .order_by(images.c.id)
                 .limit(batch_size)
             )
@@ -77,7 +80,8 @@ async def reembed_images(
                     store,
                     embedder,
                     max_pixels,
-                    local_features,
+                    local_features=local_features,
+                    regions=regions,
                 ):
                     progress.updated += 1
                 else:
@@ -95,7 +99,9 @@ async def _reembed_one(
     store: ImageStore,
     embedder: Embedder,
     max_pixels: int,
+    *,
     local_features: bool,
+    regions: bool,
 ) -> bool:
     if relative_path is None:
         return False
@@ -108,6 +114,7 @@ async def _reembed_one(
             max_pixels=max_pixels,
             embedder=embedder,
             local_features=local_features,
+            regions=regions,
         )
     except (ObjectMissing, ServiceError):
         # Missing or unreadable file, or a store out of reach: left as it is, reported as failed.
@@ -123,4 +130,7 @@ async def _reembed_one(
             processed_timestamp=datetime.now(UTC),
         )
     )
+    # The old model's regions (or, with regions off, any) go; the new ones take their place.
+    await connection.execute(delete(image_regions).where(image_regions.c.image_id == image_id))
+    await insert_regions(connection, image_id, embedder.name, analysed.regions)
     return True

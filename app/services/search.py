@@ -55,21 +55,52 @@ def _nearest(config: VectorIndexConfig, vector: str) -> str:
     """  # noqa: S608 - fixed expressions only; values are bound parameters
 
 
+def _candidate_scans(config: VectorIndexConfig, vector: str, *, regions: bool) -> str:
+    """The common table expressions of a search: `whole`, the nearest images by their global
+    vectors (`_nearest`), and `nearest`, the candidates. Without `regions` they are the same;
+    with them, `nearest` adds the images whose region vectors (image_regions) are among the
+    nearest $3 regions, each image once with its smallest distance (its best score, whether by
+    the whole picture or by a part of it)."""
+    if not regions:
+        return f"whole AS MATERIALIZED ({_nearest(config, vector)}), nearest AS (TABLE whole)"
+    distance = f"{indexed_expression(config)} <=> {query_expression(config, vector)}"
+    return f"""
+        whole AS MATERIALIZED ({_nearest(config, vector)}),
+        parts AS MATERIALIZED (
+            SELECT image_id AS id, {distance} AS distance
+            FROM image_regions
+            WHERE embedding_model = $2
+            ORDER BY {distance}
+            LIMIT $3
+        ), best AS (
+            SELECT id, min(distance) AS distance
+            FROM (SELECT id, distance FROM whole UNION ALL SELECT id, distance FROM parts) AS hits
+            GROUP BY id
+        ), nearest AS MATERIALIZED (
+            SELECT images.id, images.filename, images.content_type, images.upload_timestamp,
+                images.content_hash, best.distance
+            FROM best JOIN images ON images.id = best.id
+        )
+    """  # noqa: S608 - fixed expressions only; values are bound parameters
+
+
 @cache
-def nearest_images_sql(config: VectorIndexConfig) -> str:
+def nearest_images_sql(config: VectorIndexConfig, *, regions: bool = False) -> str:
     """Search by a stored image, in one statement (one round trip).
 
     $1 query image id, $2 model, $3 candidates, $4 largest distance, $5 limit. One row per
     match, each carrying the query image's model and hash and whether the index scan found the
-    query image itself (`self_found`) and the best other candidate's distance whatever the
-    threshold (`best_distance`); a single row of NULL matches when nothing passes; no row
-    at all when the query image does not exist."""
+    query image itself (`self_found`, by its global vector) and the best other candidate's
+    distance whatever the threshold (`best_distance`); a single row of NULL matches when
+    nothing passes; no row at all when the query image does not exist. With `regions`, the
+    candidates include images found by their region vectors (`_candidate_scans`)."""
+    scans = _candidate_scans(config, "(SELECT embedding_vector FROM query)", regions=regions)
     return f"""
         WITH query AS (
             SELECT embedding_vector, embedding_model, content_hash FROM images WHERE id = $1
-        ), nearest AS MATERIALIZED ({_nearest(config, "(SELECT embedding_vector FROM query)")})
+        ), {scans}
         SELECT query.embedding_model AS query_model, query.content_hash AS query_hash,
-            EXISTS (SELECT 1 FROM nearest WHERE id = $1) AS self_found,
+            EXISTS (SELECT 1 FROM whole WHERE id = $1) AS self_found,
             (SELECT min(distance) FROM nearest WHERE id <> $1) AS best_distance, match.*
         FROM query LEFT JOIN LATERAL (
             SELECT * FROM nearest
@@ -81,15 +112,16 @@ def nearest_images_sql(config: VectorIndexConfig) -> str:
 
 
 @cache
-def nearest_to_vector_sql(config: VectorIndexConfig) -> str:
+def nearest_to_vector_sql(config: VectorIndexConfig, *, regions: bool = False) -> str:
     """Search by a vector: $1 the vector (pgvector's text form), $2 model, $3 limit, $4 largest
     distance, $5 the content hash of the query's bytes. One row per match, each carrying the id
     of a stored image with the same bytes (`stored_copy`, NULL if none) and the best candidate's
     distance whatever the threshold (`best_distance`); a single row of NULL matches when
-    nothing passes."""
+    nothing passes. With `regions`, the candidates include images found by their region
+    vectors (`_candidate_scans`)."""
     vector = f"CAST($1 AS vector({config.dimension}))"
     return f"""
-        WITH nearest AS MATERIALIZED ({_nearest(config, vector)}), copy AS (
+        WITH {_candidate_scans(config, vector, regions=regions)}, copy AS (
             SELECT (
                 SELECT id FROM images WHERE content_hash = $5 AND embedding_model = $2
             ) AS stored_copy
@@ -136,6 +168,8 @@ class SearchOptions:
     recheck_below: float = -1.0
     # How many of the nearest are verified; 0: none (the label then follows the score).
     verification_candidates: int = 0
+    # Whether stored images are also found by their region vectors (REGION_VECTORS).
+    regions: bool = False
 
     @classmethod
     def for_request(
@@ -150,6 +184,7 @@ class SearchOptions:
             index=defaults.index,
             recheck_below=defaults.threshold,
             verification_candidates=defaults.verification_candidates,
+            regions=defaults.regions,
         )
 
     @property
@@ -333,7 +368,7 @@ async def search_stored_image(
     `recheck_below` or more besides it. The rows are `options.candidates` at most (all of
     them, whatever their score, when verification is on). Raises ImageNotFound,
     EmbeddingOutdated."""
-    statement = nearest_images_sql(options.index)
+    statement = nearest_images_sql(options.index, regions=options.regions)
     parameters = (
         image_id,
         options.model,
@@ -406,7 +441,7 @@ async def search_by_image(
     `recheck_below` or more gets one wider scan: a scan stuck far from the query's
     neighbourhood looks like that (and so does a query with no neighbours, which pays it).
     Verification then works on the final scan's candidates."""
-    statement = nearest_to_vector_sql(options.index)
+    statement = nearest_to_vector_sql(options.index, regions=options.regions)
     parameters = (
         vector_text(vector),
         options.model,

@@ -122,7 +122,9 @@ async def test_with_verification_off_the_label_follows_the_score(
     make_client: MakeClient, connection: AsyncConnection
 ) -> None:
     original = scene(640, 480, seed=1)
-    async with make_client(VERIFY_NEAR_DUPLICATES=False) as client:
+    # Global vectors alone: a region vector would find the screenshot's picture (see
+    # test_region_vectors.py).
+    async with make_client(VERIFY_NEAR_DUPLICATES=False, REGION_VECTORS=False) as client:
         query = await stored(client, original)
         resized = await stored(client, original.resize((320, 240)))
         framed = await stored(client, screenshot_of(original))
