@@ -1,13 +1,14 @@
-"""The `images` table read and written directly, for setting up and checking tests."""
+"""The `images` and `image_regions` tables read and written directly, for setting up and
+checking tests."""
 
 import uuid
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import Row, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.models.image import images
+from app.models.image import image_regions, images
 from bench.corpus import synthetic_row
 
 
@@ -30,3 +31,33 @@ async def insert_image(
     row = synthetic_row(vector, model=model)
     await connection.execute(insert(images).values(row))
     return row["id"]
+
+
+async def region_models(connection: AsyncConnection, image_id: str | uuid.UUID) -> list[str]:
+    """The model of each region vector of an image, in region order (none: [])."""
+    query = (
+        select(image_regions.c.embedding_model)
+        .where(image_regions.c.image_id == uuid.UUID(str(image_id)))
+        .order_by(image_regions.c.region)
+    )
+    return list((await connection.execute(query)).scalars())
+
+
+async def region_scores(
+    connection: AsyncConnection, query: str, other: str
+) -> tuple[float, float, int]:
+    """The cosine similarity of two stored images' global vectors, and the best one of the
+    query's global vector with the other's region vectors, with that region's number."""
+    row = (
+        await connection.execute(
+            text(
+                "SELECT 1 - (q.embedding_vector <=> o.embedding_vector) AS whole, "
+                "1 - (q.embedding_vector <=> r.embedding_vector) AS part, r.region "
+                "FROM images q, images o JOIN image_regions r ON r.image_id = o.id "
+                "WHERE q.id = :query AND o.id = :other "
+                "ORDER BY q.embedding_vector <=> r.embedding_vector LIMIT 1"
+            ),
+            {"query": uuid.UUID(query), "other": uuid.UUID(other)},
+        )
+    ).one()
+    return float(row.whole), float(row.part), int(row.region)

@@ -91,3 +91,13 @@ def screenshot_of(picture: Image.Image, seed: int = 0) -> Image.Image:
     shown = picture.resize((768, int(picture.height * scale)), Image.Resampling.LANCZOS)
     screen.paste(shown, (250, 70))
     return screen
+
+
+def collage_of(pictures: list[Image.Image]) -> Image.Image:
+    """A 2 x 2 collage of four pictures, 480 x 360 each, in reading order, on white with
+    8-pixel gutters."""
+    canvas = Image.new("RGB", (976, 736), (255, 255, 255))
+    for index, picture in enumerate(pictures):
+        tile = picture.convert("RGB").resize((480, 360), Image.Resampling.LANCZOS)
+        canvas.paste(tile, (8 + 488 * (index % 2), 8 + 368 * (index // 2)))
+    return canvas
