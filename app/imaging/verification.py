@@ -57,7 +57,9 @@ MIN_INLIERS = 15
 RANSAC_THRESHOLD = 8.0  # pixels, on the FEATURE_SIDE scale
 MIN_INLIER_RATIO = 0.1  # inliers / matches
 MIN_REGION_SHARE = 0.06  # inliers / keypoints of the sparser picture in the common region
-MIN_COVERAGE = 0.3  # inlier bounding box / keypoint bounding box, in one of the pictures
+# inlier bounding box / bounding box of the keypoints in the region both pictures show, in one
+# of the pictures
+MIN_COVERAGE = 0.3
 MAX_SCALE = 8.0
 
 _MAGIC = b"LF1"
@@ -282,12 +284,15 @@ def _geometric(
     inliers = mask.ravel().astype(bool)
     count = int(inliers.sum())
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if count < MIN_INLIERS or count < MIN_INLIER_RATIO * len(good):
+        return None
+    if not 1.0 / MAX_SCALE <= scale <= MAX_SCALE:
+        return None
+    shown_query, shown_candidate = _in_overlap(matrix, keypoints, query, candidate)
     if (
-        count < MIN_INLIERS
-        or count < MIN_INLIER_RATIO * len(good)
-        or not 1.0 / MAX_SCALE <= scale <= MAX_SCALE
-        or not _covers(source[inliers], query, target[inliers], candidate)
-        or count < MIN_REGION_SHARE * _keypoints_in_overlap(matrix, keypoints, query, candidate)
+        count < MIN_REGION_SHARE * min(len(shown_query), len(shown_candidate))
+        or max(_share(source[inliers], shown_query), _share(target[inliers], shown_candidate))
+        < MIN_COVERAGE
     ):
         return None
     # The y axis points down: a counter-clockwise turn as seen has a negative angle in pixels.
@@ -296,36 +301,40 @@ def _geometric(
     return Evidence("similarity", mirrored, len(good), count, round(rotation, 1), round(scale, 3))
 
 
-def _keypoints_in_overlap(
+def _in_overlap(
     matrix: NDArray[Any],
     keypoints: Keypoints,
     query: LocalFeatures,
     candidate: LocalFeatures,
-) -> int:
-    """Keypoints of the sparser of the two pictures inside the region both show."""
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """The keypoints of each picture inside the region both show: the query's (`keypoints`,
+    as tried) that the transform carries into the candidate's frame, and the candidate's that
+    its inverse carries into the query's."""
     inverse = cv2.invertAffineTransform(matrix)
     to_candidate = keypoints.points @ matrix[:, :2].T + matrix[:, 2]
     to_query = candidate.keypoints.points @ inverse[:, :2].T + inverse[:, 2]
 
-    def inside(points: NDArray[np.floating[Any]], features: LocalFeatures) -> int:
+    def inside(points: NDArray[np.floating[Any]], features: LocalFeatures) -> NDArray[np.bool_]:
         x, y = points[:, 0], points[:, 1]
-        return int(np.sum((x >= 0) & (y >= 0) & (x < features.width) & (y < features.height)))
+        inside: NDArray[np.bool_] = (
+            (x >= 0) & (y >= 0) & (x < features.width) & (y < features.height)
+        )
+        return inside
 
-    return min(inside(to_candidate, candidate), inside(to_query, query))
+    return (
+        keypoints.points[inside(to_candidate, candidate)],
+        candidate.keypoints.points[inside(to_query, query)],
+    )
 
 
-def _covers(
-    source: NDArray[np.float32],
-    query: LocalFeatures,
-    target: NDArray[np.float32],
-    candidate: LocalFeatures,
-) -> bool:
-    """Whether the inliers span enough of one picture (and are not a cluster in one corner)."""
-
-    def share(points: NDArray[np.float32], features: LocalFeatures) -> float:
-        extent = points.max(axis=0) - points.min(axis=0)
-        every = features.keypoints.points
-        whole = np.maximum(every.max(axis=0) - every.min(axis=0), 1.0)
-        return float(extent[0] * extent[1]) / float(whole[0] * whole[1])
-
-    return max(share(source, query), share(target, candidate)) >= MIN_COVERAGE
+def _share(inliers: NDArray[np.float32], shown: NDArray[np.float32]) -> float:
+    """How much of the region both pictures show the inliers span, in one picture: their
+    bounding box over that of its keypoints in the region (inliers bunched in one spot span
+    little). Measured within the region, not the whole picture: a collage tile or a
+    screenshot's picture is a part of its frame, and its inliers can span no more. A region
+    with fewer than MIN_INLIERS keypoints counts as spanned by nothing."""
+    if len(shown) < MIN_INLIERS:
+        return 0.0
+    extent = inliers.max(axis=0) - inliers.min(axis=0)
+    whole = np.maximum(shown.max(axis=0) - shown.min(axis=0), 1.0)
+    return float(extent[0] * extent[1]) / float(whole[0] * whole[1])
