@@ -1,8 +1,9 @@
 """Time per 1-megapixel JPEG: the whole validate + decode + embed path for each embedder, with
-and without the local features near-duplicate verification stores, and the embedding step
-alone. The `hash` embedder does no pixel work, so its time is the baseline cost of validating
-and decoding; the difference is what an embedder adds. The service's default is `cnn` with
-local features; the previous default was `perceptual` without them.
+and without the local features near-duplicate verification stores, then with the region
+vectors too (REGION_VECTORS), and the embedding step alone. The `hash` embedder does no pixel
+work, so its time is the baseline cost of validating and decoding; the difference is what an
+embedder adds. The service's default is `cnn` with local features and region vectors; the
+previous default was `cnn` with local features (REGION_VECTORS=false).
 
     .venv/bin/python -m bench.embedding_speed
 """
@@ -62,10 +63,22 @@ def measure(model: str, data: bytes) -> None:
             local_features=True,
         )
     )
+    with_regions = median_ms(
+        lambda: analyse_image(
+            data,
+            allowed_formats=formats,
+            max_pixels=10**8,
+            embedder=embedder,
+            local_features=True,
+            regions=True,
+        )
+    )
     alone = median_ms(lambda: embedder.embed(decoded, content_sha256=b"\0" * 32))
     print(
         f"embedding_speed: model={model} total_ms={total:.2f} "
-        f"with_local_features_ms={with_features:.2f} embed_ms={alone:.2f}"
+        f"with_local_features_ms={with_features:.2f} "
+        f"with_local_features_and_regions_ms={with_regions:.2f} "
+        f"regions/without={with_regions / with_features:.2f} embed_ms={alone:.2f}"
     )
 
 
