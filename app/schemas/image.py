@@ -63,7 +63,13 @@ class SimilarImage(BaseModel):
     id: uuid.UUID
     filename: str
     content_type: str
-    similarity_score: float = Field(ge=-1.0, le=1.0, description="Cosine similarity")
+    similarity_score: float = Field(
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity of the query's vector with this image's: the best of its "
+        "global vector and (REGION_VECTORS, the default) its region vectors, the embeddings of "
+        "its four quadrants and its centre; the threshold applies to it",
+    )
     upload_timestamp: datetime
     match: Literal["exact", "near_duplicate", "similar"] = Field(
         description="`exact`: the same bytes; `near_duplicate`: the same picture, edited "
