@@ -11,14 +11,15 @@ from app.core.config import Settings
 from app.core.database import INIT_SQL_PATH, Database, create_engine
 from app.errors import SchemaMismatch
 from app.models.api_key import api_keys
-from app.models.image import ImageRow, images
+from app.models.image import ImageRow, image_regions, images
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
 from tests.support.images import jpeg_bytes
 
 
 def test_init_sql_vector_dimension_matches_the_configured_default() -> None:
     dimensions = re.findall(r"VECTOR\((\d+)\)", INIT_SQL_PATH.read_text(), flags=re.IGNORECASE)
-    assert dimensions == [str(Settings.model_fields["EMBEDDING_DIMENSION"].default)]
+    # The images' vectors and their region vectors.
+    assert dimensions == [str(Settings.model_fields["EMBEDDING_DIMENSION"].default)] * 2
 
 
 async def test_startup_creates_the_schema_on_an_empty_database_and_is_idempotent(
@@ -102,6 +103,19 @@ async def test_the_table_definition_matches_init_sql(database: Database) -> None
             )
         ).scalars()
         assert list(columns) == [column.name for column in images.columns]
+
+
+async def test_the_regions_table_definition_matches_init_sql(database: Database) -> None:
+    async with database.engine.connect() as connection:
+        columns = (
+            await connection.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'image_regions' ORDER BY ordinal_position"
+                )
+            )
+        ).scalars()
+        assert list(columns) == [column.name for column in image_regions.columns]
 
 
 async def test_the_api_keys_table_matches_init_sql(database: Database) -> None:
