@@ -277,9 +277,12 @@ async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_serve
     code, output = await run_cli(["reindex"], environment)
 
     assert code == 0
-    assert len(output.splitlines()) == 3, output
-    building, built, summary = output.splitlines()
+    assert len(output.splitlines()) == 4, output
+    building, building_regions, built, summary = output.splitlines()
     assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
+    assert building_regions == (
+        "building region vector index: hnsw storage=vector m=16 ef_construction=64"
+    )
     assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"
     assert summary.startswith("reindex: built hnsw storage=vector m=16 ef_construction=64 in ")
 

@@ -167,7 +167,8 @@ async def _reconcile(
         definition = f"ivfflat storage={config.storage} lists={lists}"
 
     opclass = "halfvec_cosine_ops" if config.storage == "halfvec" else "vector_cosine_ops"
-    logger.info("building vector index on %s: %s", table, definition)
+    kind = "vector index" if name == INDEX_NAME else "region vector index"
+    logger.info("building %s: %s", kind, definition)
     await connection.execute(text(f"SET maintenance_work_mem = '{config.build_memory}'"))
     await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {build_name}"))
     await connection.execute(
