@@ -10,7 +10,9 @@ Loads N clustered vectors with COPY, builds the configured index, then
   of GET /similar on the app running in its own process (a minimal keep-alive HTTP client),
   at concurrency 1 and 8, for the same stored query images,
   taking turns in blocks of 200 calls; with `--baseline DIR`, also GET /similar of another
-  checkout (an earlier commit) on the same data, in the same turns;
+  checkout (an earlier commit) on the same data, in the same turns, compared with this build's
+  search without verification (what the earlier commits ran). Set EMBEDDING_MODEL to a model
+  both builds have (`perceptual` for commits whose `cnn` needs torch);
 - the cost of a search that nothing passes (threshold above every neighbour) against a normal one;
 - the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint;
 - GET /similar with near-duplicate verification (the default: VERIFICATION_CANDIDATES
@@ -23,6 +25,7 @@ Loads N clustered vectors with COPY, builds the configured index, then
 
     .venv/bin/python -m bench.search --rows 100000
     .venv/bin/python -m bench.search --rows 100000 --grown       # index grown row by row
+    EMBEDDING_MODEL=perceptual .venv/bin/python -m bench.search --rows 100000 --baseline DIR
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
 
 Index settings come from the environment, as for the service (VECTOR_INDEX, HNSW_EF_SEARCH, ...).
@@ -70,7 +73,9 @@ from bench.harness import (
 )
 from bench.seaweedfs import storage_environment
 
-MODEL = "cnn"  # the service's default model, so /similar compares these rows
+# The rows' model: EMBEDDING_MODEL as the apps of this run read it (the service's default if
+# unset), so /similar compares these rows.
+MODEL = os.environ.get("EMBEDDING_MODEL", Settings.model_fields["EMBEDDING_MODEL"].default)
 FEATURE_PICTURES = 64
 QUERIES = 200
 BLOCKS = 5  # of QUERIES calls each, per kind of call and concurrency
@@ -261,9 +266,10 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         print(
             f"baseline ({baseline}): http p50 {baseline_p50:.2f} ms, "
             f"http_over_sql={baseline_p50 / sql_p50:.2f}, server CPU per /similar "
-            f"{server_cpu_ms['baseline http']:.3f} ms; this build / baseline: p50 "
-            f"{http_p50 / baseline_p50:.2f}, CPU "
-            f"{server_cpu_ms['http'] / server_cpu_ms['baseline http']:.2f}"
+            f"{server_cpu_ms['baseline http']:.3f} ms; this build without verification "
+            f"(the same search) / baseline: http_over_sql {off_p50 / sql_p50:.2f} against "
+            f"{baseline_p50 / sql_p50:.2f}, p50 {off_p50 / baseline_p50:.2f}, CPU "
+            f"{server_cpu_ms['http verify off'] / server_cpu_ms['baseline http']:.2f}"
         )
     print(
         f"search: rows={rows} index={index.kind}-{index.storage} recall@10={recall:.3f} "
