@@ -9,8 +9,8 @@ current as the collection changes:
   merges the groups it links, or starts one (`link_image`);
 - a delete removes the image's links and membership with its row (ON DELETE CASCADE) and flags
   its group; `settle_groups` then splits what is no longer connected;
-- `rebuild_groups` looks for every image's links again (after a model or threshold change),
-  resumably, and regroups at the end.
+- `rebuild_groups` looks for every image's links again (after a change of model, threshold
+  or verification), resumably, and regroups at the end.
 
 Every change of groups runs under one transaction-scoped advisory lock (`_GROUPS_LOCK`). That
 is what makes concurrent uploads of copies of one picture end in one group: each upload
@@ -143,15 +143,38 @@ async def find_duplicate_links(
 
 @dataclass(frozen=True)
 class Build:
+    """A build of the links and the settings that decide which links exist: the model, the
+    near-duplicate threshold and how many candidates are verified (0: verification off; None:
+    unknown, a build recorded before it was)."""
+
     number: int
     model: str
     near_duplicate_threshold: float
+    verification_candidates: int | None
     finished: bool
 
     def made_with(self, options: SearchOptions) -> bool:
-        return self.model == options.model and math.isclose(
-            self.near_duplicate_threshold, options.near_duplicate_threshold, abs_tol=1e-9
+        return (
+            self.model == options.model
+            and math.isclose(
+                self.near_duplicate_threshold, options.near_duplicate_threshold, abs_tol=1e-9
+            )
+            and self.verification_candidates == options.verification_candidates
         )
+
+
+def describe_settings(
+    model: str, near_duplicate_threshold: float, verification_candidates: int | None
+) -> str:
+    """The settings of a build as the CLI and the logs print them."""
+    verification = (
+        "verification unknown"
+        if verification_candidates is None
+        else "verification off"
+        if verification_candidates == 0
+        else f"verification of the {verification_candidates} nearest"
+    )
+    return f"model {model}, near-duplicate threshold {near_duplicate_threshold:.2f}, {verification}"
 
 
 def _build(row: Row[tuple[object, ...]]) -> Build:
@@ -159,6 +182,7 @@ def _build(row: Row[tuple[object, ...]]) -> Build:
         number=row.build,
         model=row.embedding_model,
         near_duplicate_threshold=row.near_duplicate_threshold,
+        verification_candidates=row.verification_candidates,
         finished=row.finished_at is not None,
     )
 
@@ -174,11 +198,15 @@ async def current_build(connection: AsyncConnection, options: SearchOptions) -> 
     await connection.execute(
         text(
             "INSERT INTO duplicate_builds (build, embedding_model, near_duplicate_threshold, "
-            "finished_at) SELECT 1, :model, :threshold, "
+            "verification_candidates, finished_at) SELECT 1, :model, :threshold, :verified, "
             "CASE WHEN EXISTS (SELECT 1 FROM images) THEN NULL ELSE NOW() END "
             "ON CONFLICT (build) DO NOTHING"
         ),
-        {"model": options.model, "threshold": options.near_duplicate_threshold},
+        {
+            "model": options.model,
+            "threshold": options.near_duplicate_threshold,
+            "verified": options.verification_candidates,
+        },
     )
     return _build((await connection.execute(query)).one())
 
@@ -186,7 +214,8 @@ async def current_build(connection: AsyncConnection, options: SearchOptions) -> 
 @dataclass(frozen=True)
 class GroupsState:
     build: Build
-    rebuild_needed: bool  # a rebuild is unfinished, or ran with another model or threshold
+    # A rebuild is unfinished, or ran with other settings (model, threshold, verification).
+    rebuild_needed: bool
 
 
 async def groups_state(connection: AsyncConnection, options: SearchOptions) -> GroupsState:
@@ -202,13 +231,15 @@ async def prepare_groups(connection: AsyncConnection, options: SearchOptions) ->
     if state.rebuild_needed:
         build = state.build
         logger.warning(
-            "duplicate groups are out of date (%s with model=%s, near-duplicate threshold "
-            "%.2f; now %s, %.2f): run `python -m app duplicates --rebuild`",
+            "duplicate groups are out of date (%s with %s; now %s): run "
+            "`python -m app duplicates --rebuild`",
             "a rebuild was stopped" if not build.finished else "built",
-            build.model,
-            build.near_duplicate_threshold,
-            options.model,
-            options.near_duplicate_threshold,
+            describe_settings(
+                build.model, build.near_duplicate_threshold, build.verification_candidates
+            ),
+            describe_settings(
+                options.model, options.near_duplicate_threshold, options.verification_candidates
+            ),
         )
     return state
 
@@ -930,9 +961,16 @@ async def _start_rebuild(connection: AsyncConnection, options: SearchOptions) ->
                 build=number,
                 embedding_model=options.model,
                 near_duplicate_threshold=options.near_duplicate_threshold,
+                verification_candidates=options.verification_candidates,
             )
         )
-        return Build(number, options.model, options.near_duplicate_threshold, finished=False)
+        return Build(
+            number,
+            options.model,
+            options.near_duplicate_threshold,
+            options.verification_candidates,
+            finished=False,
+        )
 
     return await _write(connection, write)
 
@@ -1001,9 +1039,10 @@ async def rebuild_groups(
     concurrency: int = 2,
     on_progress: Callable[[RebuildProgress], None] | None = None,
 ) -> RebuildProgress:
-    """Look for every image's links again with `options` and regroup: after a change of model
-    or threshold. Resumable: each batch commits the links it found and marks its images as
-    searched under this build, so a stopped run continues where it stopped. Uploads and
+    """Look for every image's links again with `options` and regroup: after a change of the
+    settings a build records (`Build.made_with`). Resumable: each batch commits the links it
+    found and marks its images as searched under this build, so a stopped run continues where
+    it stopped. Uploads and
     deletes go on meanwhile (their links are recorded under the same build). Searches run on
     `concurrency` connections. Raises RebuildRunning when another rebuild holds the lock."""
     async with engine.connect() as control:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.config import Settings
 from app.core.database import Database
 from app.core.local_store import LocalImageStore
 from app.errors import DuplicateGroupNotFound, GroupChanged, ImageNotFound, NotAGroupMember
@@ -18,7 +19,14 @@ from app.models.duplicates import duplicate_decisions, duplicate_groups, duplica
 from app.services import duplicates
 from app.services.duplicates import GroupMember, assign_group_ids, connected_sets, keeper_order
 from app.services.images import ImageFilter, delete_image
-from tests.support.duplicates import Circle, group_sets, options, store, store_and_link
+from tests.support.duplicates import (
+    MODEL,
+    Circle,
+    group_sets,
+    options,
+    store,
+    store_and_link,
+)
 
 
 async def test_a_chain_of_links_is_one_group_and_deleting_its_middle_splits_it(
@@ -240,6 +248,51 @@ async def test_resolve_refuses_a_changed_group_a_stranger_and_an_unknown_group(
         await duplicates.resolve_group(connection, uuid.uuid4(), keep={a}, store=store_)
     assert (await duplicates.get_group(connection, group_id)).size == 3  # nothing deleted
     assert b in {member.id for member in (await duplicates.get_group(connection, group_id)).members}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("VERIFY_NEAR_DUPLICATES", False),
+        ("VERIFICATION_CANDIDATES", 10),
+        ("NEAR_DUPLICATE_THRESHOLD", 0.75),
+    ],
+)
+async def test_a_build_made_with_other_link_settings_needs_a_rebuild(
+    connection: AsyncConnection, setting: str, value: object
+) -> None:
+    await _finished_build(connection, verification_candidates=20)  # the defaults'
+
+    same = await duplicates.groups_state(connection, options())
+    changed = await duplicates.groups_state(
+        connection, options(Settings.model_validate({setting: value}))
+    )
+
+    assert same.rebuild_needed is False
+    assert changed.rebuild_needed is True
+
+
+async def test_a_build_recorded_before_its_verification_was_needs_a_rebuild(
+    connection: AsyncConnection,
+) -> None:
+    await _finished_build(connection, verification_candidates=None)
+
+    state = await duplicates.groups_state(connection, options())
+
+    assert state.build.verification_candidates is None
+    assert state.rebuild_needed is True
+
+
+async def _finished_build(connection: AsyncConnection, verification_candidates: int | None) -> None:
+    """A finished build of this test's model (perceptual) and threshold 0.7, the current one."""
+    await connection.execute(
+        text(
+            "INSERT INTO duplicate_builds (build, embedding_model, near_duplicate_threshold, "
+            "verification_candidates, finished_at) SELECT max(build) + 1, :model, 0.7, "
+            ":verified, NOW() FROM duplicate_builds"
+        ),
+        {"model": MODEL, "verified": verification_candidates},
+    )
 
 
 def test_connected_sets_follow_the_links() -> None:
