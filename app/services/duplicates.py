@@ -1,7 +1,8 @@
 """Duplicate groups: which stored images are copies of each other, and which copy to keep.
 
 A **link** joins two stored images that the service's own search labels `exact` or
-`near_duplicate` (`find_duplicate_links`, the one place that decides it). A **group** is a
+`near_duplicate`, verification stopping early once the candidates stop linking
+(`find_duplicate_links`, the one place that decides it). A **group** is a
 connected set of linked images, two or more. Groups are kept in tables (init.sql) and kept
 current as the collection changes:
 
@@ -33,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
@@ -44,6 +46,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Row, and_, exists, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.concurrency import run_in_threadpool
 
 from app.core.database import transaction
 from app.core.resources import SearchDefaults
@@ -56,6 +59,7 @@ from app.errors import (
     NotAGroupMember,
     RebuildRunning,
 )
+from app.imaging.verification import LocalFeatures, verify
 from app.models.duplicates import (
     duplicate_builds,
     duplicate_groups,
@@ -94,9 +98,10 @@ Decision = Literal["not_duplicates", "kept_both"]
 
 def link_options(defaults: SearchDefaults, model: str) -> SearchOptions:
     """The search a link comes from: the `LINK_CANDIDATES` nearest images of the current
-    `model`, labelled as `/similar` labels them: with verification on (VERIFY_NEAR_DUPLICATES),
-    the first VERIFICATION_CANDIDATES are verified geometrically and a verified one links
-    whatever its score; otherwise a score at or above NEAR_DUPLICATE_THRESHOLD links."""
+    `model`, labelled as `/similar` labels them (`find_duplicate_links` says how): with
+    verification on (VERIFY_NEAR_DUPLICATES), the first VERIFICATION_CANDIDATES are verified
+    geometrically and a verified one links whatever its score; otherwise a score at or above
+    NEAR_DUPLICATE_THRESHOLD links."""
     return SearchOptions(
         model=model,
         limit=LINK_CANDIDATES,
@@ -122,20 +127,142 @@ class DuplicateLink:
 async def find_duplicate_links(
     connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> list[DuplicateLink]:
-    """The stored images `image_id` is a copy of: its `exact` and `near_duplicate` matches as
-    the service's search labels them, best first, at most `options.limit`. The one place
-    that decides what a link is. Raises ImageNotFound, EmbeddingOutdated."""
-    matches = await search.find_similar_images(connection, image_id, options)
-    return [
-        DuplicateLink(
-            match.id,
-            match.similarity_score,
-            match.match,
-            None if match.evidence is None else dataclasses.asdict(match.evidence),
-        )
-        for match in matches
-        if match.match != "similar"
+    """The stored images `image_id` is a copy of: its `exact` and `near_duplicate` matches,
+    best first, at most `options.limit`. The one place that decides what a link is.
+
+    The candidates are a `/similar` search's (`search.search_stored_image`) and are labelled
+    by its rules: the same bytes are `exact`; with verification on, the first
+    `verification_candidates` are verified geometrically where both pictures have local
+    features, and a verified one links whatever its score; otherwise a score at or above
+    `near_duplicate_threshold` links. One difference, for speed: the candidates are verified in
+    order of score and verification stops after `LINK_MISSES_IN_A_ROW` candidates in a row that
+    do not link, since copies rank before look-alikes (see that constant). Raises
+    ImageNotFound, EmbeddingOutdated."""
+    found = await search.search_stored_image(connection, image_id, options)
+    query_hash = found.rows[0].query_hash
+    candidates = [row for row in found.rows if row.id is not None]
+    if not options.verified:
+        return [
+            link
+            for row in candidates[: options.limit]
+            if (link := _score_link(row, query_hash, options)) is not None
+        ]
+    verified = candidates[: options.verification_candidates]
+    links = await _verified_links(connection, image_id, query_hash, verified, options)
+    links += [
+        link
+        for row in candidates[options.verification_candidates :]
+        if (link := _score_link(row, query_hash, options)) is not None
     ]
+    return links[: options.limit]
+
+
+# Verification of an image's link candidates (in order of score) stops after this many in a
+# row that do not link. With the cnn embedder every edited copy of bench/quality.py's photos
+# (mild and hard edits, screenshots, collage tiles) ranks above every unrelated photo for its
+# original (AP 1.000), so the first candidates that fail are followed by look-alikes; three
+# leave room for a copy that fails verification ahead of one that passes. It is what makes a
+# link search cost a few verifications instead of VERIFICATION_CANDIDATES (each about a
+# millisecond of CPU or more when it fails: bench/duplicates.py rebuild measures it).
+LINK_MISSES_IN_A_ROW = 3
+# Local features are read this many candidates at a time (each up to 28 KB).
+_FEATURES_READ = 4
+
+
+def _score_of(row: Row[tuple[object, ...]]) -> float:
+    return max(-1.0, min(1.0, 1.0 - float(row.distance)))
+
+
+def _score_link(
+    row: Row[tuple[object, ...]], query_hash: str, options: SearchOptions
+) -> DuplicateLink | None:
+    """The label of an unverified candidate: the same bytes, or a score at or above
+    NEAR_DUPLICATE_THRESHOLD."""
+    score = _score_of(row)
+    if row.content_hash == query_hash:
+        return DuplicateLink(row.id, score, "exact")
+    if score >= options.near_duplicate_threshold:
+        return DuplicateLink(row.id, score, "near_duplicate")
+    return None
+
+
+async def _verified_links(
+    connection: AsyncConnection,
+    image_id: uuid.UUID,
+    query_hash: str,
+    candidates: Sequence[Row[tuple[object, ...]]],
+    options: SearchOptions,
+) -> list[DuplicateLink]:
+    """Verify `candidates` in order (in a worker thread), their local features read a few at a
+    time, until LINK_MISSES_IN_A_ROW in a row do not link."""
+    links: list[DuplicateLink] = []
+    misses = 0
+    query: LocalFeatures | None = None
+    position = 0
+    while position < len(candidates) and misses < LINK_MISSES_IN_A_ROW:
+        chunk = candidates[position : position + _FEATURES_READ]
+        wanted = [row.id for row in chunk] + ([image_id] if position == 0 else [])
+        position += len(chunk)
+        stored = await _features(connection, wanted)
+        query = stored.pop(image_id, query)
+        chunk_links, misses = await run_in_threadpool(
+            _label_chunk, chunk, query_hash, query, stored, misses, options
+        )
+        links += chunk_links
+    return links
+
+
+def _label_chunk(
+    chunk: Sequence[Row[tuple[object, ...]]],
+    query_hash: str,
+    query: LocalFeatures | None,
+    stored: Mapping[uuid.UUID, LocalFeatures | None],
+    misses: int,
+    options: SearchOptions,
+) -> tuple[list[DuplicateLink], int]:
+    """The links among `chunk` and the misses in a row after it (pure; off the event loop)."""
+    links = []
+    for row in chunk:
+        if misses >= LINK_MISSES_IN_A_ROW:
+            break
+        candidate = stored.get(row.id)
+        if row.content_hash == query_hash or query is None or candidate is None:
+            link = _score_link(row, query_hash, options)
+        else:
+            evidence = verify(query, candidate)
+            link = (
+                None
+                if evidence is None
+                else DuplicateLink(
+                    row.id, _score_of(row), "near_duplicate", dataclasses.asdict(evidence)
+                )
+            )
+        if link is None:
+            misses += 1
+        else:
+            links.append(link)
+            misses = 0
+    return links, misses
+
+
+async def _features(
+    connection: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, LocalFeatures | None]:
+    """The parsed local features of these images (None where there are none, or where they
+    cannot be read: the label then follows the score, as in a search)."""
+    rows = await connection.exec_driver_sql(
+        "SELECT id, local_features FROM images WHERE id = ANY($1::uuid[])", (list(ids),)
+    )
+    return {row.id: _parsed(row.local_features) for row in rows}
+
+
+def _parsed(data: bytes | None) -> LocalFeatures | None:
+    if not data:
+        return None
+    try:
+        return LocalFeatures.from_bytes(data)
+    except (ValueError, struct.error):
+        return None
 
 
 # --- Builds: the settings the links were found with ---------------------------------------
