@@ -134,9 +134,13 @@ async def find_duplicate_links(
     by its rules: the same bytes are `exact`; with verification on, the first
     `verification_candidates` are verified geometrically where both pictures have local
     features, and a verified one links whatever its score; otherwise a score at or above
-    `near_duplicate_threshold` links. One difference, for speed: the candidates are verified in
-    order of score and verification stops after `LINK_MISSES_IN_A_ROW` candidates in a row that
-    do not link, since copies rank before look-alikes (see that constant). Raises
+    `near_duplicate_threshold` links. Two differences: the candidates are verified in order of
+    score and verification stops after `LINK_MISSES_IN_A_ROW` candidates in a row that do not
+    link, since copies rank before look-alikes (see that constant); and a pair of which only one
+    picture has too few keypoints for the geometric check (`LocalFeatures.low_texture`, which
+    verification never takes for a copy of a textured one) is labelled by its score, as a pair
+    without features is: a low-contrast or blurred copy of a photo can fall under the keypoint
+    minimum while it scores 0.95 with its original (bench/duplicates.py quality). Raises
     ImageNotFound, EmbeddingOutdated."""
     found = await search.search_stored_image(connection, image_id, options)
     query_hash = found.rows[0].query_hash
@@ -226,7 +230,12 @@ def _label_chunk(
         if misses >= LINK_MISSES_IN_A_ROW:
             break
         candidate = stored.get(row.id)
-        if row.content_hash == query_hash or query is None or candidate is None:
+        if (
+            row.content_hash == query_hash
+            or query is None
+            or candidate is None
+            or query.low_texture != candidate.low_texture
+        ):
             link = _score_link(row, query_hash, options)
         else:
             evidence = verify(query, candidate)
