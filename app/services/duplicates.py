@@ -162,12 +162,13 @@ async def find_duplicate_links(
 
 
 # Verification of an image's link candidates (in order of score) stops after this many in a
-# row that do not link. With the cnn embedder every edited copy of bench/quality.py's photos
-# (mild and hard edits, screenshots, collage tiles) ranks above every unrelated photo for its
-# original (AP 1.000), so the first candidates that fail are followed by look-alikes; three
-# leave room for a copy that fails verification ahead of one that passes. It is what makes a
-# link search cost a few verifications instead of VERIFICATION_CANDIDATES (each about a
-# millisecond of CPU or more when it fails: bench/duplicates.py rebuild measures it).
+# row that do not link. With the cnn embedder the copies of a photo rank before unrelated
+# photos (bench/quality.py: AP 1.000 for the mild edits and most hard ones; screenshots,
+# collage tiles and text overlays 0.67 to 0.88, which a link search may stop short of), so
+# candidates that fail are mostly followed by look-alikes; three leave room for a copy that
+# fails ahead of one that passes (after one, bench/duplicates.py quality lost a rotated copy).
+# It is what makes a link search cost a few verifications instead of VERIFICATION_CANDIDATES
+# (one that fails costs milliseconds of CPU: bench/duplicates.py rebuild measures it).
 LINK_MISSES_IN_A_ROW = 3
 # Local features are read this many candidates at a time (each up to 28 KB).
 _FEATURES_READ = 4
