@@ -584,7 +584,8 @@ async def upload(baseline: Path | None, rounds: int) -> None:
                     "WORKERS": "2",
                 }
                 async with (
-                    running_app(environment, checkout) as app,
+                    # Each start builds the cnn model's session: minutes on a busy machine.
+                    running_app(environment, checkout, ready_within=600) as app,
                     KeepAliveClient(app.url, 8) as client,
                 ):
 
