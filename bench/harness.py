@@ -62,13 +62,17 @@ def free_ports(count: int) -> list[int]:
 def listening_processes(pid: int, port: int) -> int:
     """How many processes of the tree under `pid` listen on `port`."""
     root = psutil.Process(pid)
-    return sum(
-        any(
+    listening = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:  # a helper process (multiprocessing's) may be gone by now
+            connections = process.net_connections()
+        except psutil.NoSuchProcess:
+            continue
+        listening += any(
             connection.status == psutil.CONN_LISTEN and connection.laddr[1] == port
-            for connection in process.net_connections()
+            for connection in connections
         )
-        for process in [root, *root.children(recursive=True)]
-    )
+    return listening
 
 
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
