@@ -164,7 +164,7 @@ async def find_duplicate_links(
 # Verification of an image's link candidates (in order of score) stops after this many in a
 # row that do not link. With the cnn embedder the copies of a photo rank before unrelated
 # photos (bench/quality.py: AP 1.000 for the mild edits and most hard ones; screenshots,
-# collage tiles and text overlays 0.67 to 0.88, which a link search may stop short of), so
+# collage tiles and text overlays 0.50 to 0.88, which a link search may stop short of), so
 # candidates that fail are mostly followed by look-alikes; three leave room for a copy that
 # fails ahead of one that passes (after one, bench/duplicates.py quality lost a rotated copy).
 # It is what makes a link search cost a few verifications instead of VERIFICATION_CANDIDATES
