@@ -62,13 +62,17 @@ def free_ports(count: int) -> list[int]:
 def listening_processes(pid: int, port: int) -> int:
     """How many processes of the tree under `pid` listen on `port`."""
     root = psutil.Process(pid)
-    return sum(
-        any(
+    listening = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:  # a helper process (multiprocessing's) may be gone by now
+            connections = process.net_connections()
+        except psutil.NoSuchProcess:
+            continue
+        listening += any(
             connection.status == psutil.CONN_LISTEN and connection.laddr[1] == port
-            for connection in process.net_connections()
+            for connection in connections
         )
-        for process in [root, *root.children(recursive=True)]
-    )
+    return listening
 
 
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
@@ -117,13 +121,14 @@ class RunningApp:
 
 @asynccontextmanager
 async def running_app(
-    environment: dict[str, str], checkout: Path = ROOT
+    environment: dict[str, str], checkout: Path = ROOT, *, ready_within: float = 60.0
 ) -> AsyncIterator[RunningApp]:
     """`python -m app serve` in its own process (as in production), once it is ready; its URL
     and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
-    earlier commit side by side with this one (the benchmarks' `--baseline`)."""
+    earlier commit side by side with this one (the benchmarks' `--baseline`). `ready_within`:
+    seconds the start may take (longer on a busy shared machine)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         env = {
@@ -141,7 +146,7 @@ async def running_app(
         base_url = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient() as client:
-                for _ in range(600):
+                for _ in range(int(ready_within * 10)):
                     try:
                         if (await client.get(f"{base_url}/api/v1/health/ready")).status_code == 200:
                             break
