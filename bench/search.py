@@ -5,7 +5,7 @@ Loads N clustered vectors with COPY, builds the configured index, then
   statement: the mean and the tail (the share of queries at 0 and below 0.5);
 - for searches by 2,000 stored images: the self-hit rate of the first index scan (the query
   image among its own candidates), how many the service retried wider, the self-hit after its
-  retries, and recall@10 of what it returns;
+  retries, how many ended in the exact scan, and recall@10 of what it returns;
 - p50/p95/p99 latency of the service's own search statement run through asyncpg alone, and
   of GET /similar on the app running in its own process (a minimal keep-alive HTTP client),
   at concurrency 1 and 8, for the same stored query images,

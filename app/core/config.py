@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     HNSW_M: int = Field(default=16, ge=2, le=100)
     # 128, not pgvector's 64: with 64, graph routing in a 100,000-image index never reaches
     # a few images' neighbours (0.4 % of held-out queries found none of their 10 nearest;
-    # none with 128), and recall at 1,000,000 falls (README, "The tail").
+    # none with 128), and recall at 1,000,000 falls (README, "Measured: the tail").
     HNSW_EF_CONSTRUCTION: int = Field(default=128, ge=4, le=1000)
     HNSW_EF_SEARCH: int = Field(default=100, ge=1, le=1000)
     IVFFLAT_LISTS: int | None = Field(default=None, ge=1, le=32768)
