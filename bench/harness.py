@@ -22,6 +22,7 @@ from app.core.embedded_postgres import postgres_server as embedded_or_external
 from app.core.embedded_postgres import recreate_database
 
 ROOT = Path(__file__).resolve().parents[1]
+READY_SECONDS = 300  # how long an app started by `running_app` may take to be ready
 
 
 @contextmanager
@@ -121,7 +122,7 @@ class RunningApp:
 
 @asynccontextmanager
 async def running_app(
-    environment: dict[str, str], checkout: Path = ROOT, *, ready_within: float = 60.0
+    environment: dict[str, str], checkout: Path = ROOT, *, ready_within: float = READY_SECONDS
 ) -> AsyncIterator[RunningApp]:
     """`python -m app serve` in its own process (as in production), once it is ready; its URL
     and process id (to measure it, or kill it).
@@ -145,8 +146,11 @@ async def running_app(
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
+            # Start-up checks scan the table (a few seconds at a million rows) and a busy
+            # machine slows the model's loading: allow minutes, not seconds.
+            deadline = time.monotonic() + ready_within
             async with httpx.AsyncClient() as client:
-                for _ in range(int(ready_within * 10)):
+                while time.monotonic() < deadline:
                     try:
                         if (await client.get(f"{base_url}/api/v1/health/ready")).status_code == 200:
                             break
