@@ -90,6 +90,9 @@ CREATE TABLE IF NOT EXISTS duplicate_builds (
     started_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
     finished_at TIMESTAMP WITH TIME ZONE
 );
+-- How many candidates each link search verified (0: verification off). NULL on a build made
+-- before this column existed: its settings are unknown, so the groups ask for a rebuild.
+ALTER TABLE duplicate_builds ADD COLUMN IF NOT EXISTS verification_candidates INTEGER;
 
 -- Which build last looked for an image's links (what makes a rebuild resumable).
 CREATE TABLE IF NOT EXISTS duplicate_scans (

@@ -17,11 +17,17 @@ pairs at Hamming distance <= 10 (the default of imagededup's pHash duplicate fin
 
 rebuild: N clustered vectors (COPY) shaped like a collection: pictures of 1,000 kinds of
 scene (two pictures of one kind score about 0.5), 15% of them with 1 to 4 copies (scoring 0.9 to
-0.97 with their picture), then `python -m app duplicates --rebuild` in a process of its own:
-its wall time, the CPU time of the command and of PostgreSQL, and its peak memory; images per
-second, and images per CPU-second (per core). The baseline, in the same run: the link searches
-alone (`find_duplicate_links`, the same statement) over a sample, on one connection, which
-says how much of the rebuild is searching.
+0.97 with their picture), each row with local features, so that the rebuild verifies as the
+default settings do: a picture carries the features of one of the 22 real photos of
+bench.edit_sets and its copies those of the photo's mild edits, their descriptors XORed with a
+mask of the picture's own (distances between a picture and its copies are kept; to any other
+picture they look like an unrelated photo's). Then `python -m app duplicates --rebuild` in a
+process of its own: its wall time, the CPU time of the command and of PostgreSQL, and its peak
+memory; images per second, and images per CPU-second (per core). The baselines, in the same
+run, over a sample on one connection: the link searches alone (`find_duplicate_links`, the
+rebuild's own search and verification), which says how much of the rebuild is searching, and
+the vector search alone (`search_stored_image`, what a `/similar` without verification asks of
+the index), which says how much of it is verification.
 
 upload: what keeping groups current costs an upload. 240 uploads of 1-megapixel JPEGs, 8 at
 a time, to this build and, with `--baseline DIR`, to another checkout (an earlier commit,
@@ -47,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -59,12 +65,15 @@ import psutil
 from numpy.typing import NDArray
 from PIL import Image, ImageEnhance, ImageOps
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
 from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.resources import SearchDefaults, create_embedder
 from app.core.vector_index import search_settings
+from app.imaging.verification import Keypoints, LocalFeatures, extract, verify
 from app.services.duplicates import connected_sets, find_duplicate_links, link_options
+from app.services.search import search_stored_image
 from bench.corpus import copy_vectors
 from bench.edit_sets import MILD_EDITS, Sample, encode, photo_samples, photos
 from bench.harness import (
@@ -76,10 +85,11 @@ from bench.harness import (
     postgres_server,
     running_app,
 )
-from bench.quality import embed_all
+from bench.quality import decoded, embed_all
 from bench.upload import BOUNDARY, multipart
 
-# The rebuild's synthetic vectors are recorded under this model (they have no local features).
+# The rebuild's synthetic vectors are recorded under this model (its name only: no picture is
+# embedded).
 MODEL = "perceptual"
 PHASH_MAX_DISTANCE = 10  # imagededup's default for its pHash duplicate finder
 SECOND_SHOT = "second_shot"
@@ -288,6 +298,75 @@ def collection_vectors(
     return vectors.astype(np.float32), picture_of
 
 
+def feature_sources() -> list[list[LocalFeatures]]:
+    """The local features of each real photo of bench.edit_sets with enough texture for
+    keypoints: its original first, then its mild edits."""
+    by_photo: dict[str, list[LocalFeatures]] = {}
+    for sample in photo_samples()[0]:
+        if sample.edit == "original" or sample.edit in MILD_EDITS:
+            by_photo.setdefault(sample.source, []).append(extract(decoded(sample.data)))
+    return [features for features in by_photo.values() if not features[0].low_texture]
+
+
+def _masked(features: LocalFeatures, mask: NDArray[np.uint8]) -> bytes:
+    def keypoints(points: Keypoints) -> Keypoints:
+        return Keypoints(points.points, points.descriptors ^ mask)
+
+    masked = LocalFeatures(
+        features.width,
+        features.height,
+        features.original_side,
+        keypoints(features.keypoints),
+        keypoints(features.mirrored),
+        features.tiny,
+    )
+    return masked.to_bytes()
+
+
+def collection_features(
+    picture_of: NDArray[np.int64],
+    sources: list[list[LocalFeatures]],
+    start: int,
+    stop: int,
+    *,
+    seed: int = 0,
+) -> list[bytes]:
+    """Local features for rows `start` to `stop` of `collection_vectors`: a picture's first row
+    gets a photo's features, its copies those of the photo's edits, all XORed with the
+    picture's own mask."""
+    masks = np.random.default_rng(seed).integers(0, 256, (int(picture_of[-1]) + 1, 32), np.uint8)
+    first_row = np.searchsorted(picture_of, picture_of)  # picture_of is sorted
+    features = []
+    for row in range(start, stop):
+        picture = int(picture_of[row])
+        copy_number = row - int(first_row[row])
+        variants = sources[picture % len(sources)]
+        variant = variants[0 if copy_number == 0 else 1 + (picture + copy_number) % 10]
+        features.append(_masked(variant, masks[picture]))
+    return features
+
+
+def failed_verification_ms(sources: list[list[LocalFeatures]], pairs: int = 200) -> float:
+    """CPU milliseconds of one verification that fails (two unrelated pictures of the
+    collection: different photos, or one photo under two masks), the common case of a link
+    search."""
+    rng = np.random.default_rng(2)
+    masks = rng.integers(0, 256, (2 * pairs, 32), np.uint8)
+    chosen = [
+        (
+            LocalFeatures.from_bytes(_masked(sources[rng.integers(len(sources))][0], masks[2 * n])),
+            LocalFeatures.from_bytes(
+                _masked(sources[rng.integers(len(sources))][0], masks[2 * n + 1])
+            ),
+        )
+        for n in range(pairs)
+    ]
+    started = time.process_time()
+    found = sum(verify(a, b) is not None for a, b in chosen)
+    assert found == 0, "masked pictures are unrelated"
+    return (time.process_time() - started) / pairs * 1000
+
+
 def postgres_cpu_seconds(postmaster: int) -> float:
     """CPU seconds used so far by a PostgreSQL server: its postmaster, the processes it runs,
     and those that have exited (counted in the postmaster's children times)."""
@@ -301,6 +380,26 @@ def postgres_cpu_seconds(postmaster: int) -> float:
             continue
         total += child.user + child.system
     return total
+
+
+async def timed(
+    engine: AsyncEngine,
+    postmaster: int,
+    image_ids: list[uuid.UUID],
+    search: Callable[[AsyncConnection, uuid.UUID], Awaitable[object]],
+) -> tuple[float, float]:
+    """`search` for each image in turn on one connection: (wall seconds, CPU seconds of this
+    process and of PostgreSQL)."""
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    pg_before = postgres_cpu_seconds(postmaster)
+    started = time.monotonic()
+    async with engine.connect() as connection:
+        for image_id in image_ids:
+            await search(connection, image_id)
+    wall = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    own = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    return wall, own + postgres_cpu_seconds(postmaster) - pg_before
 
 
 def run_rebuild(environment: dict[str, str]) -> tuple[float, float, int, str]:
@@ -349,11 +448,24 @@ async def rebuild(rows: int, sample: int) -> None:
             server_settings=search_settings(settings.vector_index),
         )
         await apply_schema(engine, embedding_dimension=512)
+        sources = feature_sources()
+        verification_ms = failed_verification_ms(sources)
         loaded_at = time.monotonic()
-        ids = await copy_vectors(libpq_dsn(url), vectors, model=MODEL)
-        async with engine.connect() as connection:
-            # Now rather than by autovacuum in the middle of a measurement.
+        ids = []
+        for start in range(0, rows, 10_000):  # the features of 10,000 rows at a time in memory
+            stop = min(rows, start + 10_000)
+            ids += await copy_vectors(
+                libpq_dsn(url),
+                vectors[start:stop],
+                model=MODEL,
+                local_features=collection_features(picture_of, sources, start, stop),
+            )
+        # Now rather than by autovacuum in the middle of a measurement; maintenance, so without
+        # the statement timeout (it takes more than 2 s at 100,000 rows on a busy machine).
+        maintenance = create_engine(url, pool_size=1, max_overflow=0, statement_timeout=None)
+        async with maintenance.connect() as connection:
             await connection.execute(text("VACUUM ANALYZE images"))
+        await maintenance.dispose()
         print(f"loaded with COPY in {time.monotonic() - loaded_at:.1f} s")
         await prepare_vector_index(url, settings)
         options = link_options(SearchDefaults.from_settings(settings), MODEL)
@@ -361,25 +473,21 @@ async def rebuild(rows: int, sample: int) -> None:
             backend = await connection.scalar(text("SELECT pg_backend_pid()"))
             postmaster = psutil.Process(backend).ppid()
 
-        # The baseline: the link searches alone, over a sample, on one connection.
-        chosen = np.random.default_rng(1).choice(rows, size=min(sample, rows), replace=False)
-        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        pg_before = postgres_cpu_seconds(postmaster)
-        started = time.monotonic()
-        async with engine.connect() as connection:
-            for index in chosen:
-                await find_duplicate_links(connection, ids[int(index)], options)
-        search_wall = time.monotonic() - started
-        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-        pg_search = postgres_cpu_seconds(postmaster)
-        search_cpu = (
-            cpu_after.ru_utime
-            + cpu_after.ru_stime
-            - cpu_before.ru_utime
-            - cpu_before.ru_stime
-            + pg_search
-            - pg_before
-        )
+        # The baselines, over a sample, on one connection: the link searches alone, and the
+        # vector search alone.
+        chosen = [
+            ids[int(n)]
+            for n in np.random.default_rng(1).choice(rows, size=min(sample, rows), replace=False)
+        ]
+
+        async def links(connection: AsyncConnection, image_id: uuid.UUID) -> object:
+            return await find_duplicate_links(connection, image_id, options)
+
+        async def vector_search(connection: AsyncConnection, image_id: uuid.UUID) -> object:
+            return await search_stored_image(connection, image_id, options)
+
+        search_wall, search_cpu = await timed(engine, postmaster, chosen, links)
+        vector_wall, vector_cpu = await timed(engine, postmaster, chosen, vector_search)
         await engine.dispose()
 
         pg_before = postgres_cpu_seconds(postmaster)
@@ -411,11 +519,17 @@ async def rebuild(rows: int, sample: int) -> None:
 
     cores = os.cpu_count() or 1
     search_rate = len(chosen) / search_cpu
+    vector_rate = len(chosen) / vector_cpu
     rebuild_rate = rows / (command_cpu + pg_cpu)
     print(summary)
+    print(f"a verification that fails: {verification_ms:.2f} ms of CPU")
     print(
         f"link searches alone ({len(chosen)} images, 1 connection): "
         f"{len(chosen) / search_wall:.0f} images/s, {search_rate:.0f} images per CPU-second"
+    )
+    print(
+        f"vector searches alone ({len(chosen)} images, 1 connection): "
+        f"{len(chosen) / vector_wall:.0f} images/s, {vector_rate:.0f} images per CPU-second"
     )
     print(
         f"rebuild ({rows} images): {wall:.1f} s wall, {rows / wall:.0f} images/s on {cores} "
@@ -427,6 +541,8 @@ async def rebuild(rows: int, sample: int) -> None:
     print(
         f"rebuild: rows={rows} images_per_core_second={rebuild_rate:.0f} "
         f"search_only_per_core_second={search_rate:.0f} ratio={rebuild_rate / search_rate:.2f} "
+        f"vector_search_per_core_second={vector_rate:.0f} "
+        f"failed_verification_ms={verification_ms:.2f} "
         f"wall_s={wall:.1f} peak_rss_mib={peak_rss / 2**20:.0f} "
         f"precision={scores.precision:.3f} recall={scores.recall:.3f}"
     )
@@ -471,7 +587,8 @@ async def upload(baseline: Path | None, rounds: int) -> None:
                     "WORKERS": "2",
                 }
                 async with (
-                    running_app(environment, checkout) as app,
+                    # Each start builds the cnn model's session: minutes on a busy machine.
+                    running_app(environment, checkout, ready_within=600) as app,
                     KeepAliveClient(app.url, 8) as client,
                 ):
 

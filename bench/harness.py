@@ -22,6 +22,7 @@ from app.core.embedded_postgres import postgres_server as embedded_or_external
 from app.core.embedded_postgres import recreate_database
 
 ROOT = Path(__file__).resolve().parents[1]
+READY_SECONDS = 300  # how long an app started by `running_app` may take to be ready
 
 
 @contextmanager
@@ -62,13 +63,17 @@ def free_ports(count: int) -> list[int]:
 def listening_processes(pid: int, port: int) -> int:
     """How many processes of the tree under `pid` listen on `port`."""
     root = psutil.Process(pid)
-    return sum(
-        any(
+    listening = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:  # a helper process (multiprocessing's) may be gone by now
+            connections = process.net_connections()
+        except psutil.NoSuchProcess:
+            continue
+        listening += any(
             connection.status == psutil.CONN_LISTEN and connection.laddr[1] == port
-            for connection in process.net_connections()
+            for connection in connections
         )
-        for process in [root, *root.children(recursive=True)]
-    )
+    return listening
 
 
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
@@ -117,13 +122,14 @@ class RunningApp:
 
 @asynccontextmanager
 async def running_app(
-    environment: dict[str, str], checkout: Path = ROOT
+    environment: dict[str, str], checkout: Path = ROOT, *, ready_within: float = READY_SECONDS
 ) -> AsyncIterator[RunningApp]:
     """`python -m app serve` in its own process (as in production), once it is ready; its URL
     and process id (to measure it, or kill it).
 
     `checkout`: another working tree of this project (with its own `.venv`), to measure an
-    earlier commit side by side with this one (the benchmarks' `--baseline`)."""
+    earlier commit side by side with this one (the benchmarks' `--baseline`). `ready_within`:
+    seconds the start may take (longer on a busy shared machine)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         env = {
@@ -140,8 +146,11 @@ async def running_app(
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
+            # Start-up checks scan the table (a few seconds at a million rows) and a busy
+            # machine slows the model's loading: allow minutes, not seconds.
+            deadline = time.monotonic() + ready_within
             async with httpx.AsyncClient() as client:
-                for _ in range(600):
+                while time.monotonic() < deadline:
                     try:
                         if (await client.get(f"{base_url}/api/v1/health/ready")).status_code == 200:
                             break

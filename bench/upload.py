@@ -11,6 +11,8 @@ For 1-megapixel and 12-megapixel JPEGs, at concurrency 1, 4 and 8:
     .venv/bin/python -m bench.upload                # a server process per core
     WORKERS=1 .venv/bin/python -m bench.upload      # one server process
     .venv/bin/python -m bench.upload --baseline ../earlier-checkout   # A/B, same run
+    EMBEDDING_MODEL=perceptual VERIFY_NEAR_DUPLICATES=false .venv/bin/python -m bench.upload \
+        --baseline ../checkout-before-cnn    # settings reach both apps and the in-process work
     STORAGE_BACKEND=s3 .venv/bin/python -m bench.upload   # images in a SeaweedFS of its own
 
 bench/storage.py compares the two stores side by side.
@@ -29,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from app.core.config import Settings
-from app.core.resources import create_embedder
+from app.core.resources import UploadPolicy, create_embedder
 from app.imaging.analysis import analyse_image
 from bench.harness import (
     ROOT,
@@ -77,14 +79,17 @@ def multipart(data: bytes, filename: str) -> bytes:
 def in_process_rate(jpeg: bytes, count: int, threads: int, offset: int) -> float:
     settings = Settings(STORAGE_BACKEND="local")  # the image work only: no store
     embedder = create_embedder(settings)
+    # The app's own image work: with VERIFY_NEAR_DUPLICATES, local features too.
+    policy = UploadPolicy.from_settings(settings)
     files = [variant(jpeg, offset + n) for n in range(count)]
 
     def work(data: bytes) -> object:
         return analyse_image(
             data,
-            allowed_formats=settings.allowed_formats,
-            max_pixels=settings.MAX_IMAGE_PIXELS,
+            allowed_formats=policy.allowed_formats,
+            max_pixels=policy.max_pixels,
             embedder=embedder,
+            local_features=policy.local_features,
         )
 
     with ThreadPoolExecutor(threads) as pool:

@@ -279,12 +279,12 @@ async def test_reindex_reports_the_index_build_and_nothing_of_the_embedded_serve
     assert code == 0
     assert len(output.splitlines()) == 4, output
     building, building_regions, built, summary = output.splitlines()
-    assert building == "building vector index: hnsw storage=vector m=16 ef_construction=64"
+    assert building == "building vector index: hnsw storage=vector m=16 ef_construction=128"
     assert building_regions == (
-        "building region vector index: hnsw storage=vector m=16 ef_construction=64"
+        "building region vector index: hnsw storage=vector m=16 ef_construction=128"
     )
-    assert built == "vector index built: hnsw storage=vector m=16 ef_construction=64"
-    assert summary.startswith("reindex: built hnsw storage=vector m=16 ef_construction=64 in ")
+    assert built == "vector index built: hnsw storage=vector m=16 ef_construction=128"
+    assert summary.startswith("reindex: built hnsw storage=vector m=16 ef_construction=128 in ")
 
 
 async def test_keys_made_by_the_command_line_work_on_every_running_replica_until_revoked(

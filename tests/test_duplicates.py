@@ -117,9 +117,9 @@ async def test_a_decision_survives_a_rebuild_and_a_reupload_and_group_ids_surviv
     assert [group["size"] for group in before["items"]] == [3, 2]
     assert code == 0, output
     assert output.splitlines()[-1].startswith(
-        "duplicates: build 2 (model cnn, near-duplicate threshold 0.70): 5 images "
-        "checked, 3 links, 1 group(s); 0 skipped (embedded with another model: run reembed "
-        "first); "
+        "duplicates: build 2 (model cnn, near-duplicate threshold 0.70, verification of the 20 "
+        "nearest): 5 images checked, 3 links, 1 group(s); 0 skipped (embedded with another "
+        "model: run reembed first); "
     )
     assert rebuilt["rebuild_needed"] is False
     assert [group["id"] for group in rebuilt["items"]] == [before["items"][0]["id"]]
@@ -171,12 +171,60 @@ async def test_a_threshold_change_asks_for_a_rebuild_and_a_stopped_rebuild_conti
     assert outdated["rebuild_needed"] is True
     assert code == 0, output
     assert output.splitlines()[-1].startswith(
-        "duplicates: build 2 (model cnn, near-duplicate threshold 0.75), continuing a "
-        "stopped rebuild (2 done before): 4 images checked, 3 links, 3 group(s);"
+        "duplicates: build 2 (model cnn, near-duplicate threshold 0.75, verification of the 20 "
+        "nearest), continuing a stopped rebuild (2 done before): 4 images checked, 3 links, "
+        "3 group(s);"
     )
     assert rebuilt["rebuild_needed"] is False
     assert member_sets(rebuilt) == member_sets(before)
     assert [g["id"] for g in rebuilt["items"]] == [g["id"] for g in before["items"]]
+
+
+async def test_turning_verification_off_or_changing_its_candidates_asks_for_a_rebuild(
+    tmp_path: Path, create_database: DatabaseFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, url = await settings_on_new_database(
+        create_database, tmp_path, "duplicates_verification"
+    )
+    async with app_client(settings) as client:
+        for data in edited_copies(seed=9, count=3):
+            await upload(client, data, "9.jpg")
+        verified = (await client.get(DUPLICATES)).json()
+
+    database_url = url.render_as_string(hide_password=False)
+    unverified = make_settings(tmp_path, DATABASE_URL=database_url, VERIFY_NEAR_DUPLICATES=False)
+    fewer = make_settings(tmp_path, DATABASE_URL=database_url, VERIFICATION_CANDIDATES=5)
+    async with app_client(unverified) as client:
+        off_before_rebuild = (await client.get(DUPLICATES)).json()
+    async with app_client(fewer) as client:
+        fewer_candidates = (await client.get(DUPLICATES)).json()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(settings.DATA_DIR),
+        "VERIFY_NEAR_DUPLICATES": "false",
+    }
+    code, output = await run_cli(["duplicates", "--rebuild"], environment)
+    async with app_client(unverified) as client:
+        off_after_rebuild = (await client.get(DUPLICATES)).json()
+    async with app_client(settings) as client:
+        on_again = (await client.get(DUPLICATES)).json()
+
+    assert verified["rebuild_needed"] is False and verified["total"] == 1
+    assert off_before_rebuild["rebuild_needed"] is True
+    assert fewer_candidates["rebuild_needed"] is True
+    assert (
+        "duplicate groups are out of date (built with model cnn, near-duplicate threshold "
+        "0.70, verification of the 20 nearest; now model cnn, near-duplicate threshold 0.70, "
+        "verification off)" in caplog.text
+    )
+    assert code == 0, output
+    assert output.splitlines()[-1].startswith(
+        "duplicates: build 2 (model cnn, near-duplicate threshold 0.70, verification off): "
+        "3 images checked,"
+    )
+    assert off_after_rebuild["rebuild_needed"] is False
+    assert on_again["rebuild_needed"] is True
 
 
 async def test_the_cli_listing_with_no_service_stops_at_once_and_says_why() -> None:

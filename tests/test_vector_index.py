@@ -14,6 +14,7 @@ from app.core.config import VectorIndexConfig
 from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import (
     IVFFLAT_MIN_ROWS,
+    describe_vector_index,
     ensure_vector_index,
     search_settings,
     vector_text,
@@ -34,7 +35,9 @@ async def fresh_engine(
     create_database: DatabaseFactory, name: str, index: VectorIndexConfig
 ) -> tuple[AsyncEngine, URL]:
     url = await create_database(name)
-    engine = create_engine(url, server_settings=search_settings(index))
+    # No statement timeout: these engines build indexes too, as the service's maintenance
+    # engine does (a build on a busy machine outlasts the 2 s of DB_STATEMENT_TIMEOUT).
+    engine = create_engine(url, server_settings=search_settings(index), statement_timeout=None)
     await apply_schema(engine, embedding_dimension=512)
     return engine, url
 
@@ -80,9 +83,31 @@ async def test_hnsw_index_is_built_and_used_by_the_search(
     await engine.dispose()
 
     assert status.action == "built"
-    assert status.definition == f"hnsw storage={storage} m=16 ef_construction=64"
+    assert status.definition == f"hnsw storage={storage} m=16 ef_construction=128"
     assert again.action == "kept"
     assert "Index Scan using images_embedding_vector_idx" in plan
+
+
+async def test_an_index_of_the_former_default_is_kept_when_pinned_and_rebuilt_otherwise(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    # HNSW_EF_CONSTRUCTION was 64: an existing index is rebuilt at the first start-up with the
+    # new default, unless the setting pins the old value.
+    former = config(tmp_path, HNSW_EF_CONSTRUCTION=64)
+    engine, url = await fresh_engine(create_database, "index_former_default", former)
+    await copy_vectors(dsn(url), clustered_vectors(500, clusters=20), model=MODEL)
+
+    built = await ensure_vector_index(engine, former)
+    pinned = await ensure_vector_index(engine, former)
+    upgraded = await ensure_vector_index(engine, config(tmp_path))
+    async with engine.connect() as connection:
+        described = await describe_vector_index(connection)
+    await engine.dispose()
+
+    assert built.definition == "hnsw storage=vector m=16 ef_construction=64"
+    assert pinned.action == "kept"
+    assert upgraded.action == "built"
+    assert described == "hnsw storage=vector m=16 ef_construction=128"
 
 
 async def test_ivfflat_waits_for_data_then_is_built_with_lists_from_the_row_count(

@@ -84,8 +84,8 @@ def print_table(listing: dict[str, Any]) -> None:
     print(f"{listing['total']} duplicate group(s), {images} images; * the suggested keeper")
     if listing["rebuild_needed"]:
         print(
-            "the groups are out of date (another model or threshold, or a stopped rebuild): "
-            "run `python -m app duplicates --rebuild`"
+            "the groups are out of date (another model, threshold or verification, or a stopped "
+            "rebuild): run `python -m app duplicates --rebuild`"
         )
 
 
@@ -98,7 +98,12 @@ def rebuild(arguments: argparse.Namespace) -> None:
     from app.core.database import open_database
     from app.core.resources import SearchDefaults
     from app.errors import RebuildRunning
-    from app.services.duplicates import RebuildProgress, link_options, rebuild_groups
+    from app.services.duplicates import (
+        RebuildProgress,
+        describe_settings,
+        link_options,
+        rebuild_groups,
+    )
 
     settings = get_settings()
     logging.basicConfig(level=logging.WARNING)
@@ -139,9 +144,12 @@ def rebuild(arguments: argparse.Namespace) -> None:
         sys.exit(f"error: {exc}")
     progress.close()
     continued = f", continuing a stopped rebuild ({done.already_checked} done before)"
+    settings_used = describe_settings(
+        options.model, options.near_duplicate_threshold, options.verification_candidates
+    )
     print(
-        f"duplicates: build {done.build} (model {options.model}, near-duplicate threshold "
-        f"{options.near_duplicate_threshold:.2f}){continued if done.already_checked else ''}: "
+        f"duplicates: build {done.build} ({settings_used})"
+        f"{continued if done.already_checked else ''}: "
         f"{done.checked} images checked, {done.links} links, {done.groups} group(s); "
         f"{done.skipped} skipped (embedded with another model: run reembed first); "
         f"{done.search_seconds + done.regroup_seconds:.1f} s (regrouping "

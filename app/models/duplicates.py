@@ -14,6 +14,7 @@ duplicate_builds = Table(
     Column("near_duplicate_threshold", Float, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
+    Column("verification_candidates", Integer),
 )
 
 duplicate_scans = Table(

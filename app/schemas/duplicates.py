@@ -60,8 +60,9 @@ class DuplicateGroupList(BaseModel):
     skip: int = Field(ge=0)
     limit: int = Field(ge=1)
     rebuild_needed: bool = Field(
-        description="The links were found with another model or threshold, or a rebuild is "
-        "unfinished: run `python -m app duplicates --rebuild`"
+        description="The links were found with other settings (EMBEDDING_MODEL, "
+        "NEAR_DUPLICATE_THRESHOLD, VERIFY_NEAR_DUPLICATES, VERIFICATION_CANDIDATES), or a "
+        "rebuild is unfinished: run `python -m app duplicates --rebuild`"
     )
 
 

@@ -1,7 +1,8 @@
 """Duplicate groups: which stored images are copies of each other, and which copy to keep.
 
 A **link** joins two stored images that the service's own search labels `exact` or
-`near_duplicate` (`find_duplicate_links`, the one place that decides it). A **group** is a
+`near_duplicate`, verification stopping early once the candidates stop linking
+(`find_duplicate_links`, the one place that decides it). A **group** is a
 connected set of linked images, two or more. Groups are kept in tables (init.sql) and kept
 current as the collection changes:
 
@@ -9,8 +10,8 @@ current as the collection changes:
   merges the groups it links, or starts one (`link_image`);
 - a delete removes the image's links and membership with its row (ON DELETE CASCADE) and flags
   its group; `settle_groups` then splits what is no longer connected;
-- `rebuild_groups` looks for every image's links again (after a model or threshold change),
-  resumably, and regroups at the end.
+- `rebuild_groups` looks for every image's links again (after a change of model, threshold
+  or verification), resumably, and regroups at the end.
 
 Every change of groups runs under one transaction-scoped advisory lock (`_GROUPS_LOCK`). That
 is what makes concurrent uploads of copies of one picture end in one group: each upload
@@ -33,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
@@ -44,6 +46,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Row, and_, exists, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.concurrency import run_in_threadpool
 
 from app.core.database import transaction
 from app.core.resources import SearchDefaults
@@ -56,6 +59,7 @@ from app.errors import (
     NotAGroupMember,
     RebuildRunning,
 )
+from app.imaging.verification import LocalFeatures, verify
 from app.models.duplicates import (
     duplicate_builds,
     duplicate_groups,
@@ -94,9 +98,10 @@ Decision = Literal["not_duplicates", "kept_both"]
 
 def link_options(defaults: SearchDefaults, model: str) -> SearchOptions:
     """The search a link comes from: the `LINK_CANDIDATES` nearest images of the current
-    `model`, labelled as `/similar` labels them: with verification on (VERIFY_NEAR_DUPLICATES),
-    the first VERIFICATION_CANDIDATES are verified geometrically and a verified one links
-    whatever its score; otherwise a score at or above NEAR_DUPLICATE_THRESHOLD links."""
+    `model`, labelled as `/similar` labels them (`find_duplicate_links` says how): with
+    verification on (VERIFY_NEAR_DUPLICATES), the first VERIFICATION_CANDIDATES are verified
+    geometrically and a verified one links whatever its score; otherwise a score at or above
+    NEAR_DUPLICATE_THRESHOLD links."""
     return SearchOptions(
         model=model,
         limit=LINK_CANDIDATES,
@@ -123,20 +128,152 @@ class DuplicateLink:
 async def find_duplicate_links(
     connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> list[DuplicateLink]:
-    """The stored images `image_id` is a copy of: its `exact` and `near_duplicate` matches as
-    the service's search labels them, best first, at most `options.limit`. The one place
-    that decides what a link is. Raises ImageNotFound, EmbeddingOutdated."""
-    matches = await search.find_similar_images(connection, image_id, options)
-    return [
-        DuplicateLink(
-            match.id,
-            match.similarity_score,
-            match.match,
-            None if match.evidence is None else dataclasses.asdict(match.evidence),
-        )
-        for match in matches
-        if match.match != "similar"
+    """The stored images `image_id` is a copy of: its `exact` and `near_duplicate` matches,
+    best first, at most `options.limit`. The one place that decides what a link is.
+
+    The candidates are a `/similar` search's (`search.search_stored_image`) and are labelled
+    by its rules: the same bytes are `exact`; with verification on, the first
+    `verification_candidates` are verified geometrically where both pictures have local
+    features, and a verified one links whatever its score; otherwise a score at or above
+    `near_duplicate_threshold` links. Two differences: the candidates are verified in order of
+    score and verification stops after `LINK_MISSES_IN_A_ROW` candidates in a row that do not
+    link, since copies rank before look-alikes (see that constant); and a pair of which only one
+    picture has too few keypoints for the geometric check (`LocalFeatures.low_texture`, which
+    verification never takes for a copy of a textured one) is labelled by its score, as a pair
+    without features is: a low-contrast or blurred copy of a photo can fall under the keypoint
+    minimum while it scores 0.95 with its original (bench/duplicates.py quality). Raises
+    ImageNotFound, EmbeddingOutdated."""
+    found = await search.search_stored_image(connection, image_id, options)
+    query_hash = found.rows[0].query_hash
+    candidates = [row for row in found.rows if row.id is not None]
+    if not options.verified:
+        return [
+            link
+            for row in candidates[: options.limit]
+            if (link := _score_link(row, query_hash, options)) is not None
+        ]
+    verified = candidates[: options.verification_candidates]
+    links = await _verified_links(connection, image_id, query_hash, verified, options)
+    links += [
+        link
+        for row in candidates[options.verification_candidates :]
+        if (link := _score_link(row, query_hash, options)) is not None
     ]
+    return links[: options.limit]
+
+
+# Verification of an image's link candidates (in order of score) stops after this many in a
+# row that do not link. With the cnn embedder the copies of a photo rank before unrelated
+# photos (bench/quality.py: AP 1.000 for the mild edits and most hard ones; screenshots,
+# collage tiles and text overlays 0.50 to 0.88, which a link search may stop short of), so
+# candidates that fail are mostly followed by look-alikes; three leave room for a copy that
+# fails ahead of one that passes (after one, bench/duplicates.py quality lost a rotated copy).
+# It is what makes a link search cost a few verifications instead of VERIFICATION_CANDIDATES
+# (one that fails costs milliseconds of CPU: bench/duplicates.py rebuild measures it).
+LINK_MISSES_IN_A_ROW = 3
+# Local features are read this many candidates at a time (each up to 28 KB).
+_FEATURES_READ = 4
+
+
+def _score_of(row: Row[tuple[object, ...]]) -> float:
+    return max(-1.0, min(1.0, 1.0 - float(row.distance)))
+
+
+def _score_link(
+    row: Row[tuple[object, ...]], query_hash: str, options: SearchOptions
+) -> DuplicateLink | None:
+    """The label of an unverified candidate: the same bytes, or a score at or above
+    NEAR_DUPLICATE_THRESHOLD."""
+    score = _score_of(row)
+    if row.content_hash == query_hash:
+        return DuplicateLink(row.id, score, "exact")
+    if score >= options.near_duplicate_threshold:
+        return DuplicateLink(row.id, score, "near_duplicate")
+    return None
+
+
+async def _verified_links(
+    connection: AsyncConnection,
+    image_id: uuid.UUID,
+    query_hash: str,
+    candidates: Sequence[Row[tuple[object, ...]]],
+    options: SearchOptions,
+) -> list[DuplicateLink]:
+    """Verify `candidates` in order (in a worker thread), their local features read a few at a
+    time, until LINK_MISSES_IN_A_ROW in a row do not link."""
+    links: list[DuplicateLink] = []
+    misses = 0
+    query: LocalFeatures | None = None
+    position = 0
+    while position < len(candidates) and misses < LINK_MISSES_IN_A_ROW:
+        chunk = candidates[position : position + _FEATURES_READ]
+        wanted = [row.id for row in chunk] + ([image_id] if position == 0 else [])
+        position += len(chunk)
+        stored = await _features(connection, wanted)
+        query = stored.pop(image_id, query)
+        chunk_links, misses = await run_in_threadpool(
+            _label_chunk, chunk, query_hash, query, stored, misses, options
+        )
+        links += chunk_links
+    return links
+
+
+def _label_chunk(
+    chunk: Sequence[Row[tuple[object, ...]]],
+    query_hash: str,
+    query: LocalFeatures | None,
+    stored: Mapping[uuid.UUID, LocalFeatures | None],
+    misses: int,
+    options: SearchOptions,
+) -> tuple[list[DuplicateLink], int]:
+    """The links among `chunk` and the misses in a row after it (pure; off the event loop)."""
+    links = []
+    for row in chunk:
+        if misses >= LINK_MISSES_IN_A_ROW:
+            break
+        candidate = stored.get(row.id)
+        if (
+            row.content_hash == query_hash
+            or query is None
+            or candidate is None
+            or query.low_texture != candidate.low_texture
+        ):
+            link = _score_link(row, query_hash, options)
+        else:
+            evidence = verify(query, candidate)
+            link = (
+                None
+                if evidence is None
+                else DuplicateLink(
+                    row.id, _score_of(row), "near_duplicate", dataclasses.asdict(evidence)
+                )
+            )
+        if link is None:
+            misses += 1
+        else:
+            links.append(link)
+            misses = 0
+    return links, misses
+
+
+async def _features(
+    connection: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, LocalFeatures | None]:
+    """The parsed local features of these images (None where there are none, or where they
+    cannot be read: the label then follows the score, as in a search)."""
+    rows = await connection.exec_driver_sql(
+        "SELECT id, local_features FROM images WHERE id = ANY($1::uuid[])", (list(ids),)
+    )
+    return {row.id: _parsed(row.local_features) for row in rows}
+
+
+def _parsed(data: bytes | None) -> LocalFeatures | None:
+    if not data:
+        return None
+    try:
+        return LocalFeatures.from_bytes(data)
+    except (ValueError, struct.error):
+        return None
 
 
 # --- Builds: the settings the links were found with ---------------------------------------
@@ -144,15 +281,38 @@ async def find_duplicate_links(
 
 @dataclass(frozen=True)
 class Build:
+    """A build of the links and the settings that decide which links exist: the model, the
+    near-duplicate threshold and how many candidates are verified (0: verification off; None:
+    unknown, a build recorded before it was)."""
+
     number: int
     model: str
     near_duplicate_threshold: float
+    verification_candidates: int | None
     finished: bool
 
     def made_with(self, options: SearchOptions) -> bool:
-        return self.model == options.model and math.isclose(
-            self.near_duplicate_threshold, options.near_duplicate_threshold, abs_tol=1e-9
+        return (
+            self.model == options.model
+            and math.isclose(
+                self.near_duplicate_threshold, options.near_duplicate_threshold, abs_tol=1e-9
+            )
+            and self.verification_candidates == options.verification_candidates
         )
+
+
+def describe_settings(
+    model: str, near_duplicate_threshold: float, verification_candidates: int | None
+) -> str:
+    """The settings of a build as the CLI and the logs print them."""
+    verification = (
+        "verification unknown"
+        if verification_candidates is None
+        else "verification off"
+        if verification_candidates == 0
+        else f"verification of the {verification_candidates} nearest"
+    )
+    return f"model {model}, near-duplicate threshold {near_duplicate_threshold:.2f}, {verification}"
 
 
 def _build(row: Row[tuple[object, ...]]) -> Build:
@@ -160,6 +320,7 @@ def _build(row: Row[tuple[object, ...]]) -> Build:
         number=row.build,
         model=row.embedding_model,
         near_duplicate_threshold=row.near_duplicate_threshold,
+        verification_candidates=row.verification_candidates,
         finished=row.finished_at is not None,
     )
 
@@ -175,11 +336,15 @@ async def current_build(connection: AsyncConnection, options: SearchOptions) -> 
     await connection.execute(
         text(
             "INSERT INTO duplicate_builds (build, embedding_model, near_duplicate_threshold, "
-            "finished_at) SELECT 1, :model, :threshold, "
+            "verification_candidates, finished_at) SELECT 1, :model, :threshold, :verified, "
             "CASE WHEN EXISTS (SELECT 1 FROM images) THEN NULL ELSE NOW() END "
             "ON CONFLICT (build) DO NOTHING"
         ),
-        {"model": options.model, "threshold": options.near_duplicate_threshold},
+        {
+            "model": options.model,
+            "threshold": options.near_duplicate_threshold,
+            "verified": options.verification_candidates,
+        },
     )
     return _build((await connection.execute(query)).one())
 
@@ -187,7 +352,8 @@ async def current_build(connection: AsyncConnection, options: SearchOptions) -> 
 @dataclass(frozen=True)
 class GroupsState:
     build: Build
-    rebuild_needed: bool  # a rebuild is unfinished, or ran with another model or threshold
+    # A rebuild is unfinished, or ran with other settings (model, threshold, verification).
+    rebuild_needed: bool
 
 
 async def groups_state(connection: AsyncConnection, options: SearchOptions) -> GroupsState:
@@ -203,13 +369,15 @@ async def prepare_groups(connection: AsyncConnection, options: SearchOptions) ->
     if state.rebuild_needed:
         build = state.build
         logger.warning(
-            "duplicate groups are out of date (%s with model=%s, near-duplicate threshold "
-            "%.2f; now %s, %.2f): run `python -m app duplicates --rebuild`",
+            "duplicate groups are out of date (%s with %s; now %s): run "
+            "`python -m app duplicates --rebuild`",
             "a rebuild was stopped" if not build.finished else "built",
-            build.model,
-            build.near_duplicate_threshold,
-            options.model,
-            options.near_duplicate_threshold,
+            describe_settings(
+                build.model, build.near_duplicate_threshold, build.verification_candidates
+            ),
+            describe_settings(
+                options.model, options.near_duplicate_threshold, options.verification_candidates
+            ),
         )
     return state
 
@@ -931,9 +1099,16 @@ async def _start_rebuild(connection: AsyncConnection, options: SearchOptions) ->
                 build=number,
                 embedding_model=options.model,
                 near_duplicate_threshold=options.near_duplicate_threshold,
+                verification_candidates=options.verification_candidates,
             )
         )
-        return Build(number, options.model, options.near_duplicate_threshold, finished=False)
+        return Build(
+            number,
+            options.model,
+            options.near_duplicate_threshold,
+            options.verification_candidates,
+            finished=False,
+        )
 
     return await _write(connection, write)
 
@@ -1002,9 +1177,10 @@ async def rebuild_groups(
     concurrency: int = 2,
     on_progress: Callable[[RebuildProgress], None] | None = None,
 ) -> RebuildProgress:
-    """Look for every image's links again with `options` and regroup: after a change of model
-    or threshold. Resumable: each batch commits the links it found and marks its images as
-    searched under this build, so a stopped run continues where it stopped. Uploads and
+    """Look for every image's links again with `options` and regroup: after a change of the
+    settings a build records (`Build.made_with`). Resumable: each batch commits the links it
+    found and marks its images as searched under this build, so a stopped run continues where
+    it stopped. Uploads and
     deletes go on meanwhile (their links are recorded under the same build). Searches run on
     `concurrency` connections. Raises RebuildRunning when another rebuild holds the lock."""
     async with engine.connect() as control:

@@ -1,6 +1,8 @@
 """The app for tests: settings that read nothing from the environment, the app served
 in-process with its lifespan, and fresh databases on the test server."""
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,7 +24,9 @@ MakeClient = Callable[..., AbstractAsyncContextManager[AsyncClient]]
 
 
 # One model cache for the whole test run: the cnn graph is built once per run, not per test.
+# Removed when the run ends (13 MB each).
 SHARED_MODEL_DIR = Path(tempfile.mkdtemp(prefix="image-service-test-models-"))
+atexit.register(shutil.rmtree, SHARED_MODEL_DIR, ignore_errors=True)
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -54,9 +54,10 @@ async def store(
     height: int = 100,
     file_size: int = 1000,
     filename: str | None = None,
+    local_features: bytes | None = None,
 ) -> uuid.UUID:
     """Store a row for `vector`; a higher `number` is a later upload."""
-    row = synthetic_row(vector, model=MODEL)
+    row = synthetic_row(vector, model=MODEL, local_features=local_features)
     row["width"], row["height"], row["file_size"] = width, height, file_size
     row["filename"] = filename or f"image-{number}.jpg"
     row["upload_timestamp"] = _EPOCH + timedelta(minutes=number)

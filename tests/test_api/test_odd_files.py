@@ -125,7 +125,9 @@ async def test_an_odd_file_is_served_by_every_endpoint(
     plain_copy = encode(odd.displayed, "PNG", pnginfo=labelled)
     copy = await upload(client, plain_copy, "copy.png", "image/png")
     assert copy.status_code == 201
-    similar = (await client.get(f"/api/v1/images/{image_id}/similar")).json()
+    # All 100 best: flat pictures that other tests of the run left in the shared database can
+    # score as high as this copy of a picture with next to no detail (a one-pixel strip).
+    similar = (await client.get(f"/api/v1/images/{image_id}/similar?limit=100")).json()
     matches = {match["id"]: match for match in similar["similar_images"]}
     assert matches[copy.json()["id"]]["match"] == "near_duplicate"
     assert matches[copy.json()["id"]]["similarity_score"] >= 0.98

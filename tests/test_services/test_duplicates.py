@@ -7,18 +7,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.config import Settings
 from app.core.database import Database
 from app.core.local_store import LocalImageStore
 from app.errors import DuplicateGroupNotFound, GroupChanged, ImageNotFound, NotAGroupMember
+from app.imaging.verification import extract
 from app.models import duplicates as tables
 from app.models.duplicates import duplicate_decisions, duplicate_groups, duplicate_links
 from app.services import duplicates
 from app.services.duplicates import GroupMember, assign_group_ids, connected_sets, keeper_order
 from app.services.images import ImageFilter, delete_image
-from tests.support.duplicates import Circle, group_sets, options, store, store_and_link
+from tests.support.duplicates import (
+    MODEL,
+    Circle,
+    group_sets,
+    options,
+    store,
+    store_and_link,
+)
+from tests.support.images import scene
 
 
 async def test_a_chain_of_links_is_one_group_and_deleting_its_middle_splits_it(
@@ -109,6 +120,51 @@ async def test_a_second_look_at_an_image_already_linked_changes_nothing(
 
     assert [link.image_id for link in links] == [b]
     assert await group_sets(connection) == before
+
+
+@pytest.mark.parametrize(
+    ("misses_first", "linked"),
+    [(2, True), (duplicates.LINK_MISSES_IN_A_ROW, False)],
+    ids=["after-two-misses", "after-three-misses"],
+)
+async def test_verification_of_link_candidates_stops_after_three_in_a_row_that_do_not_link(
+    connection: AsyncConnection, misses_first: int, linked: bool
+) -> None:
+    circle = Circle(seed=30)
+    picture = scene(seed=30)
+    query = await store(
+        connection, circle.at(0), number=0, local_features=extract(picture).to_bytes()
+    )
+    # Unrelated pictures nearer than the copy (scores 0.98 and more: only verification tells).
+    for number in range(misses_first):
+        unrelated = extract(scene(seed=31 + number)).to_bytes()
+        await store(connection, circle.at(5 + number), number=1 + number, local_features=unrelated)
+    copy = extract(picture.resize((240, 180))).to_bytes()
+    copy_id = await store(connection, circle.at(10), number=9, local_features=copy)
+
+    links = await duplicates.find_duplicate_links(connection, query, options())
+
+    assert [link.image_id for link in links] == ([copy_id] if linked else [])
+    if linked:
+        assert links[0].match == "near_duplicate"
+        assert links[0].verification is not None and links[0].verification["inliers"] >= 15
+
+
+@pytest.mark.parametrize(("angle", "linked"), [(30, True), (50, False)])
+async def test_a_picture_too_flat_for_keypoints_links_to_a_textured_one_by_its_score(
+    connection: AsyncConnection, angle: float, linked: bool
+) -> None:
+    circle = Circle(seed=40)
+    textured = extract(scene(seed=40)).to_bytes()
+    flat = extract(Image.new("RGB", (320, 240), (120, 130, 140))).to_bytes()
+    query = await store(connection, circle.at(0), number=0, local_features=textured)
+    # cos(30 degrees) = 0.87 and cos(50 degrees) = 0.64, about NEAR_DUPLICATE_THRESHOLD 0.7
+    candidate = await store(connection, circle.at(angle), number=1, local_features=flat)
+
+    links = await duplicates.find_duplicate_links(connection, query, options())
+
+    expected = [(candidate, "near_duplicate", None)] if linked else []
+    assert [(link.image_id, link.match, link.verification) for link in links] == expected
 
 
 def _member(number: int, width: int, height: int, file_size: int) -> GroupMember:
@@ -240,6 +296,51 @@ async def test_resolve_refuses_a_changed_group_a_stranger_and_an_unknown_group(
         await duplicates.resolve_group(connection, uuid.uuid4(), keep={a}, store=store_)
     assert (await duplicates.get_group(connection, group_id)).size == 3  # nothing deleted
     assert b in {member.id for member in (await duplicates.get_group(connection, group_id)).members}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("VERIFY_NEAR_DUPLICATES", False),
+        ("VERIFICATION_CANDIDATES", 10),
+        ("NEAR_DUPLICATE_THRESHOLD", 0.75),
+    ],
+)
+async def test_a_build_made_with_other_link_settings_needs_a_rebuild(
+    connection: AsyncConnection, setting: str, value: object
+) -> None:
+    await _finished_build(connection, verification_candidates=20)  # the defaults'
+
+    same = await duplicates.groups_state(connection, options())
+    changed = await duplicates.groups_state(
+        connection, options(Settings.model_validate({setting: value}))
+    )
+
+    assert same.rebuild_needed is False
+    assert changed.rebuild_needed is True
+
+
+async def test_a_build_recorded_before_its_verification_was_needs_a_rebuild(
+    connection: AsyncConnection,
+) -> None:
+    await _finished_build(connection, verification_candidates=None)
+
+    state = await duplicates.groups_state(connection, options())
+
+    assert state.build.verification_candidates is None
+    assert state.rebuild_needed is True
+
+
+async def _finished_build(connection: AsyncConnection, verification_candidates: int | None) -> None:
+    """A finished build of this test's model (perceptual) and threshold 0.7, the current one."""
+    await connection.execute(
+        text(
+            "INSERT INTO duplicate_builds (build, embedding_model, near_duplicate_threshold, "
+            "verification_candidates, finished_at) SELECT max(build) + 1, :model, 0.7, "
+            ":verified, NOW() FROM duplicate_builds"
+        ),
+        {"model": MODEL, "verified": verification_candidates},
+    )
 
 
 def test_connected_sets_follow_the_links() -> None:
