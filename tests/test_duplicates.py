@@ -5,6 +5,8 @@ rebuild and a re-upload, and a stopped rebuild that continues."""
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from app.core.resources import SearchDefaults
 from app.services.duplicates import RebuildProgress, link_options, rebuild_groups
 from bench.harness import free_port
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
-from tests.support.cli import run_cli
+from tests.support.cli import ROOT, run_cli
 from tests.support.http import upload
 from tests.support.images import encode, scene
 from tests.support.live_server import live_server
@@ -237,3 +239,27 @@ async def test_the_cli_listing_with_no_service_stops_at_once_and_says_why() -> N
         f"error: no service answers at {url}; start it with `make run` "
         "(or `python -m app serve`), or give its address with --url"
     ]
+
+
+async def test_the_cli_listing_piped_into_a_reader_that_went_away_stops_without_a_traceback(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    settings, _ = await settings_on_new_database(create_database, tmp_path, "duplicates_pipe")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head -c 10` once it has read its 10 bytes
+
+    with live_server(settings) as base_url:
+        finished = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "app", "duplicates", "--url", base_url, "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=dict(os.environ),
+            timeout=120,
+            check=False,
+        )
+    os.close(write_end)
+
+    assert finished.returncode == 1
+    assert finished.stderr == b""

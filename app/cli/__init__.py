@@ -144,3 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         # after its graceful shutdown; the batch commands print their partial summary first.)
         print(f"{arguments.command}: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except BrokenPipeError:
+        # The output's reader went away (`| head`): stop quietly, as other command-line tools
+        # do. stdout goes to /dev/null so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
