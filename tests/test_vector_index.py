@@ -345,3 +345,31 @@ async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
 
     assert lonely_first_scans >= 5
     assert empty_answers == 0
+
+
+async def test_an_exact_scan_past_its_time_budget_gives_way_to_the_widest_index_scan(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index, engine, url = await sparse_graph(tmp_path, create_database, "exact_budget")
+    vectors = clustered_vectors(20_000, clusters=200, seed=5)
+    # pgvector leaves a vector of norm 0 out of a cosine index: no index scan ever reaches
+    # this image, so every search by it goes all the way to the exact scan.
+    vectors[0] = 0.0
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    # Reading 20,000 rows of 512 numbers takes well over a millisecond.
+    bounded = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, exact_scan_seconds=0.001)
+    unbounded = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
+
+    async with engine.connect() as connection:
+        cut_short = await search.search_stored_image(connection, ids[0], bounded)
+        finished = await search.search_stored_image(connection, ids[0], unbounded)
+        # The connection is still fit for use, with its own settings back.
+        after = await search.search_stored_image(connection, ids[1], unbounded)
+        timeout = (await connection.exec_driver_sql("SHOW statement_timeout")).scalar_one()
+    await engine.dispose()
+
+    assert (cut_short.scans, cut_short.complete, cut_short.self_found) == (4, False, False)
+    assert cut_short.rows[0].query_model == MODEL  # an answer (the widest scan's), no error
+    assert (finished.scans, finished.complete) == (4, True)
+    assert after.self_found and after.complete
+    assert timeout == "0"

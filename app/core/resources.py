@@ -57,6 +57,9 @@ class SearchDefaults:
     index: VectorIndexConfig
     verification_candidates: int  # 0: verification off
     regions: bool  # stored images are also found by their region vectors (REGION_VECTORS)
+    # The exact scan that ends a lost search gets half of DB_STATEMENT_TIMEOUT, so that it is
+    # cut short (and the widest index scan answers) before the request's statement would be.
+    exact_scan_seconds: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SearchDefaults":
@@ -70,6 +73,7 @@ class SearchDefaults:
             if settings.VERIFY_NEAR_DUPLICATES and settings.EMBEDDING_MODEL != "hash"
             else 0,
             regions=settings.regions,
+            exact_scan_seconds=settings.DB_STATEMENT_TIMEOUT / 2,
         )
 
 

@@ -110,6 +110,7 @@ def link_options(defaults: SearchDefaults, model: str) -> SearchOptions:
         index=defaults.index,
         verification_candidates=defaults.verification_candidates,
         regions=defaults.regions,
+        exact_scan_seconds=defaults.exact_scan_seconds,
     )
 
 

@@ -9,6 +9,7 @@ to find is retried wider, then exactly; verification works on the candidates of 
 scan."""
 
 import asyncio
+import logging
 import struct
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,9 +18,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Literal, TypeVar
 
+import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +40,7 @@ _ANY_DISTANCE = 2.0
 
 Match = Literal["exact", "near_duplicate", "similar"]
 _T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 
 
 def _nearest(config: VectorIndexConfig, vector: str) -> str:
@@ -137,23 +141,31 @@ _FEATURES_SQL = "SELECT id, local_features FROM images WHERE id = ANY($1::uuid[]
 
 
 def _wider_scans(config: VectorIndexConfig) -> list[dict[str, str]]:
-    """The settings of the retries of a search that missed what it had to find: a wider index
-    scan (`WIDER_SCAN_FACTOR` times ef_search, at least `WIDER_EF_SEARCH_FLOOR`, or times the
-    probes), then an exact scan (no index). In
-    pgvector's graph (HNSW) a greedy scan can stop in a region far from the query: the
-    `self_hit` figure of `bench.search` measures how often, and how often each retry recovers."""
+    """The settings of the retries of a search that missed what it had to find, widest last:
+    the index scanned `WIDER_SCAN_FACTOR` times wider (ef_search at least
+    `WIDER_EF_SEARCH_FLOOR`, or times the probes), then as wide as pgvector goes
+    (ef_search 1000, probes times the factor squared), then exactly (no index). In pgvector's
+    graph (HNSW) a greedy scan can stop in a region far from the query: the `self_hit` figure
+    of `bench.search` measures how often, and how often each retry recovers."""
     wider = {
         "hnsw.ef_search": str(
-            min(1000, max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR))
+            min(
+                MAX_EF_SEARCH, max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR)
+            )
         ),
         "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR),
     }
-    return [wider, {"enable_indexscan": "off"}]
+    widest = {
+        "hnsw.ef_search": str(MAX_EF_SEARCH),
+        "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR**2),
+    }
+    return [wider, widest, {"enable_indexscan": "off"}]
 
 
-# How much wider the first retry scans; ef_search is capped at pgvector's maximum, 1000.
+# How much wider the first retry scans, and pgvector's largest ef_search.
 WIDER_SCAN_FACTOR = 4
 WIDER_EF_SEARCH_FLOOR = 400
+MAX_EF_SEARCH = 1000
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,9 @@ class SearchOptions:
     verification_candidates: int = 0
     # Whether stored images are also found by their region vectors (REGION_VECTORS).
     regions: bool = False
+    # How long the exact scan that ends a lost search may take (seconds; None: as long as any
+    # statement): past it, the widest index scan's answer stands.
+    exact_scan_seconds: float | None = None
 
     @classmethod
     def for_request(
@@ -185,6 +200,7 @@ class SearchOptions:
             recheck_below=defaults.threshold,
             verification_candidates=defaults.verification_candidates,
             regions=defaults.regions,
+            exact_scan_seconds=defaults.exact_scan_seconds,
         )
 
     @property
@@ -326,11 +342,14 @@ def _similar_found(rows: Sequence[Row[tuple[object, ...]]], options: SearchOptio
 @dataclass(frozen=True)
 class StoredImageSearch:
     """What a search by a stored image did: its rows, whether the final scan found the query
-    image among its candidates, and how many scans it took (1 when the first one did)."""
+    image among its candidates, how many scans it took (1 when the first one did; 4 when it
+    ended in the exact scan) and whether every scan it started finished (False when the exact
+    scan outlasted `exact_scan_seconds`)."""
 
     rows: Sequence[Row[tuple[object, ...]]]
     self_found: bool
     scans: int
+    complete: bool = True
 
 
 async def _run(
@@ -360,12 +379,50 @@ async def _run(
     return rows
 
 
+def _missed(rows: Sequence[Row[tuple[object, ...]]], image_id: uuid.UUID) -> bool:
+    return all(row.id != image_id for row in rows)
+
+
+async def _run_exact(
+    connection: AsyncConnection,
+    statement: str,
+    parameters: tuple[object, ...],
+    settings: dict[str, str],
+    options: SearchOptions,
+) -> Sequence[Row[tuple[object, ...]]] | None:
+    """The exact scan, cut short by PostgreSQL after `options.exact_scan_seconds` (its own
+    `statement_timeout`, below the connection's): its rows, or None when it did not finish.
+    An exact scan reads every row: at a million images it takes seconds."""
+    if options.exact_scan_seconds is None:
+        return await _run(connection, statement, parameters, settings)
+    bounded = {
+        **settings,
+        "statement_timeout": str(max(1, round(options.exact_scan_seconds * 1000))),
+    }
+    try:
+        return await _run(connection, statement, parameters, bounded)
+    except DBAPIError as error:
+        if not _cancelled(error):
+            raise
+        return None
+
+
+def _cancelled(error: DBAPIError) -> bool:
+    """Whether PostgreSQL cancelled the statement (statement_timeout); the adapter wraps
+    asyncpg's error, which is its cause."""
+    return any(
+        isinstance(cause, asyncpg.QueryCanceledError)
+        for cause in (error.orig, error.orig.__cause__ if error.orig else None)
+    )
+
+
 async def search_stored_image(
     connection: AsyncConnection, image_id: uuid.UUID, options: SearchOptions
 ) -> StoredImageSearch:
     """Search by a stored image, scanning wider when the index scan did not reach the query
-    image itself (then its neighbourhood was not reached either), or found nothing scoring
-    `recheck_below` or more besides it. The rows are `options.candidates` at most (all of
+    image itself (then its neighbourhood was not reached either: wider, widest, then exactly
+    within `exact_scan_seconds`), or found nothing scoring `recheck_below` or more besides it
+    (wider once). The rows are `options.candidates` at most (all of
     them, whatever their score, when verification is on). Raises ImageNotFound,
     EmbeddingOutdated."""
     statement = nearest_images_sql(options.index, regions=options.regions)
@@ -382,17 +439,32 @@ async def search_stored_image(
     query_model = rows[0].query_model
     if query_model != options.model:
         raise EmbeddingOutdated(image_id, query_model, options.model)
-    scans = 1
+    scans, complete = 1, True
     if options.index.kind != "none":
-        for step, settings in enumerate(_wider_scans(options.index)):
-            # A scan that missed the query image itself gets the wider scan and then the exact
-            # one; a scan that found it but nothing similar besides (the image's own links in
-            # the graph can lead astray) gets the wider scan only.
-            if rows[0].self_found and (step > 0 or _similar_found(rows, options)):
-                break
-            rows = await _run(connection, statement, parameters, settings)
+        wider, widest, exact = _wider_scans(options.index)
+        # A scan that found the query image but nothing similar besides (the image's own links
+        # in the graph can lead astray) gets the wider scan; one that missed the image itself
+        # gets every step until it is found.
+        if not (rows[0].self_found and _similar_found(rows, options)):
+            rows = await _run(connection, statement, parameters, wider)
             scans += 1
-    return StoredImageSearch(rows, bool(rows[0].self_found), scans)
+        if not rows[0].self_found:
+            rows = await _run(connection, statement, parameters, widest)
+            scans += 1
+        if not rows[0].self_found:
+            scans += 1
+            exact_rows = await _run_exact(connection, statement, parameters, exact, options)
+            if exact_rows is not None:
+                rows = exact_rows
+            else:
+                complete = False
+                logger.warning(
+                    "search by image %s: the exact scan outlasted %.3g s; answering with the "
+                    "widest index scan's candidates",
+                    image_id,
+                    options.exact_scan_seconds,
+                )
+    return StoredImageSearch(rows, bool(rows[0].self_found), scans, complete)
 
 
 async def find_similar_images(
@@ -436,9 +508,10 @@ async def search_by_image(
     """The stored images most similar to an image that is not stored (its vector, hash and,
     for verification, its local features).
 
-    A stored copy of the same bytes is always found: when the index scan missed it, the search
-    scans wider, then exactly (as `search_stored_image` does). An answer with nothing scoring
-    `recheck_below` or more gets one wider scan: a scan stuck far from the query's
+    The index is scanned as wide as the first retry of `search_stored_image` from the start. A
+    stored copy of the same bytes is always found: when the scan missed it, the search scans as
+    wide as the index goes, then exactly (within `exact_scan_seconds`). An answer with nothing
+    scoring `recheck_below` or more gets the widest scan too: a scan stuck far from the query's
     neighbourhood looks like that (and so does a query with no neighbours, which pays it).
     Verification then works on the final scan's candidates."""
     statement = nearest_to_vector_sql(options.index, regions=options.regions)
@@ -449,15 +522,20 @@ async def search_by_image(
         options.largest_distance,
         content_hash,
     )
-    rows = await _run(connection, statement, parameters)
-    if options.index.kind != "none":
-        for step, settings in enumerate(_wider_scans(options.index)):
-            copy = rows[0].stored_copy
-            copy_missed = copy is not None and all(row.id != copy for row in rows)
-            # Only a missed copy is worth an exact scan; a thin answer gets the wider one.
-            if not (copy_missed or (step == 0 and not _similar_found(rows, options))):
-                break
-            rows = await _run(connection, statement, parameters, settings)
+    if options.index.kind == "none":
+        rows = await _run(connection, statement, parameters)
+    else:
+        wider, widest, exact = _wider_scans(options.index)
+        # The first scan is the wider one: next to embedding the upload (hundreds of ms) it
+        # costs little, and it reaches neighbourhoods a scan at ef_search stops short of.
+        rows = await _run(connection, statement, parameters, wider)
+        copy = rows[0].stored_copy
+        if (copy is not None and _missed(rows, copy)) or not _similar_found(rows, options):
+            rows = await _run(connection, statement, parameters, widest)
+        if copy is not None and _missed(rows, copy):
+            # Only a missed copy is worth an exact scan.
+            exact_rows = await _run_exact(connection, statement, parameters, exact, options)
+            rows = rows if exact_rows is None else exact_rows
     if not options.verified:
         return _matches(
             rows, query_hash=content_hash, near_duplicate_threshold=options.near_duplicate_threshold
