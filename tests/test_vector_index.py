@@ -321,6 +321,33 @@ async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
     assert service_empty_handed == 0
 
 
+async def test_a_search_by_upload_scans_wide_enough_to_return_the_exact_nearest(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index, engine, url = await sparse_graph(tmp_path, create_database, "wide_upload_search")
+    vectors = clustered_vectors(2200, clusters=200, seed=4)
+    stored, held_out = vectors[:2000], vectors[2000:]
+    ids = await copy_vectors(dsn(url), stored, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, recheck_below=0.6)
+
+    # A scan at this index's ef_search (2) returns the nearest five of hardly any query, even
+    # where it finds something similar: an upload's search scans at the first retry's width.
+    first_scans_exact, service_exact = 0, 0
+    async with engine.connect() as connection:
+        for query in held_out:
+            exact = [ids[i] for i in np.argsort(-(stored @ query))[:5]]
+            first = await connection.exec_driver_sql(
+                search.nearest_to_vector_sql(index), (vector_text(query), MODEL, 5, 2.0, "")
+            )
+            first_scans_exact += [row.id for row in first.all()] == exact
+            matches = await search.search_by_image(connection, query, "", options)
+            service_exact += [match.id for match in matches] == exact
+    await engine.dispose()
+
+    assert first_scans_exact < 100
+    assert service_exact == len(held_out)
+
+
 async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
