@@ -43,6 +43,7 @@ from app.imaging.embeddings import Embedder
 from app.imaging.formats import sniff_format
 from app.imaging.picture import as_displayed, open_image
 from app.imaging.verification import Evidence, LocalFeatures, verify
+from app.services.search import REGION_SCORE_PENALTY
 from bench.edit_sets import HARD_EDITS, MILD_EDITS, Sample, nonphoto_samples, photo_samples
 
 FORMATS = frozenset({"JPEG", "PNG"})
@@ -289,9 +290,11 @@ def main() -> None:
             + (f" ({evidence.inliers} inliers)" if evidence else "")
         )
         # Region vectors (REGION_VECTORS, the service's default): a stored picture's score is
-        # its best over its global vector and its region vectors; the query uses its global one.
+        # its best over its global vector and its region vectors (less REGION_SCORE_PENALTY);
+        # the query uses its global one.
         by_region = np.maximum(
-            similarity, np.einsum("qd,crd->qcr", vectors[:n], regions[:n]).max(2)
+            similarity,
+            np.einsum("qd,crd->qcr", vectors[:n], regions[:n]).max(2) - REGION_SCORE_PENALTY,
         )
         results[f"{model}+regions"] = evaluate(
             samples, by_region, candidates=arguments.candidates, label_by_score=True

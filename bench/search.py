@@ -20,7 +20,8 @@ Loads N clustered vectors with COPY, builds the configured index, then
 - the HTTP round trip without a search (GET /api/v1/health/live), the floor under any endpoint;
 - GET /similar with region vectors (the default: every row has REGION_COUNT of them, drawn
   around the same cluster centres, in image_regions and its own index) against the same app
-  with REGION_VECTORS=false, which searches the global vectors alone;
+  with REGION_VECTORS=false, which searches the global vectors alone, and against the app with
+  both REGION_VECTORS and VERIFY_NEAR_DUPLICATES off (the search before either existed);
 - GET /similar with near-duplicate verification (the default: VERIFICATION_CANDIDATES
   candidates verified with their stored local features) against the same app with
   VERIFY_NEAR_DUPLICATES=false, which runs the search exactly as before verification existed
@@ -237,6 +238,11 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         }
         if regions_on:
             apps["http regions off"] = (ROOT_CHECKOUT, {**environment, "REGION_VECTORS": "false"})
+            # Both off: the search as it was before either existed.
+            apps["http both off"] = (
+                ROOT_CHECKOUT,
+                {**environment, "REGION_VECTORS": "false", "VERIFY_NEAR_DUPLICATES": "false"},
+            )
         if baseline:
             apps["baseline http"] = (baseline, environment)
         clients: dict[str, KeepAliveClient] = {}
@@ -336,6 +342,13 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
             f"region vectors: /similar p50 {http_p50:.2f} ms with them, {regions_off_p50:.2f} ms "
             f"without (REGION_VECTORS=false): {http_p50 / regions_off_p50:.2f} x; server CPU per "
             f"/similar {server_cpu_ms['http regions off']:.3f} ms without"
+        )
+        both_off_p50 = percentile(report["http both off c=1"], 0.5)
+        print(
+            f"the default (region vectors and verification) against neither: /similar p50 "
+            f"{http_p50:.2f} ms against {both_off_p50:.2f} ms: {http_p50 / both_off_p50:.2f} x; "
+            f"server CPU per /similar {server_cpu_ms['http']:.3f} ms against "
+            f"{server_cpu_ms['http both off']:.3f} ms"
         )
     if baseline is not None:
         baseline_p50 = percentile(report["baseline http c=1"], 0.5)
