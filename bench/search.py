@@ -32,6 +32,7 @@ Loads N clustered vectors with COPY, builds the configured index, then
 
     .venv/bin/python -m bench.search --rows 100000
     .venv/bin/python -m bench.search --rows 100000 --grown       # index grown row by row
+    REGION_VECTORS=false .venv/bin/python -m bench.search --rows 1000000 --grown-after 900000
     EMBEDDING_MODEL=perceptual REGION_VECTORS=false .venv/bin/python -m bench.search \
         --rows 100000 --baseline DIR    # the apps read the settings: the same search on both
     VECTOR_STORAGE=halfvec .venv/bin/python -m bench.search --rows 1000000
@@ -100,7 +101,8 @@ Call = Callable[[int], Awaitable[object]]
 SELF_HIT_QUERIES = 2000  # stored images searched for the tail figures
 
 
-async def run(rows: int, baseline: Path | None, grown: bool) -> None:
+async def run(rows: int, baseline: Path | None, bulk_rows: int) -> None:
+    """`bulk_rows`: how many rows the index is built over in bulk; the rest join it one by one."""
     # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
     # Verification off: the recall and self-hit figures are the index's own (verification
     # re-ranks the final scan's candidates after it; the apps below measure what it costs).
@@ -124,23 +126,30 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
         vectors = clustered_vectors(rows + HELD_OUT, clusters=clusters, seed=1)
         stored, held_out = vectors[:rows], vectors[rows:]
         started = time.perf_counter()
-        if grown:
-            # The index first, then the rows: each one is inserted into the graph as it
-            # arrives, as uploads grow it, instead of the graph being built in bulk.
-            status = await prepare_vector_index(url, settings)
-        ids = await copy_vectors(
-            libpq_dsn(url), stored, model=MODEL, local_features=feature_blobs()
+        # The first `bulk_rows` rows, then the index, then the rest: each of those is inserted
+        # into the graph as it arrives, as uploads grow it.
+        ids = (
+            await copy_vectors(
+                libpq_dsn(url), stored[:bulk_rows], model=MODEL, local_features=feature_blobs()
+            )
+            if bulk_rows
+            else []
         )
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        status = await prepare_vector_index(url, settings)
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        if bulk_rows < rows:
+            ids += await copy_vectors(
+                libpq_dsn(url), stored[bulk_rows:], model=MODEL, local_features=feature_blobs()
+            )
+        grow_s = time.perf_counter() - started
         if regions_on:
             regions = clustered_vectors(rows * REGION_COUNT, clusters=clusters, seed=1)
             await copy_regions(
                 libpq_dsn(url), ids, regions.reshape(rows, REGION_COUNT, -1), model=MODEL
             )
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        if not grown:
-            status = await prepare_vector_index(url, settings)
-        build_s = time.perf_counter() - started
 
         async with engine.connect() as connection:
             index_mb = (
@@ -186,7 +195,11 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
             # image itself (self-hit before the service's retries), did the service's final
             # scan, and how close to the exact answer is what the service returns.
             rng = np.random.default_rng(3)
-            sample = rng.choice(rows, size=min(SELF_HIT_QUERIES, rows), replace=False)
+            # Among the rows that joined the graph one by one, if any did.
+            grown = range(bulk_rows, rows) if bulk_rows < rows else range(rows)
+            sample = bulk_rows % rows + rng.choice(
+                len(grown), size=min(SELF_HIT_QUERIES, len(grown)), replace=False
+            )
             first_hits, final_hits, retried, widest, cut_short, stored_recalls = 0, 0, 0, 0, 0, []
             exact_scan_ms: list[float] = []  # searches that ended in the exact scan
             for i, nearest in zip(sample, exact_nearest(stored, stored[sample], 11), strict=True):
@@ -288,7 +301,12 @@ async def run(rows: int, baseline: Path | None, grown: bool) -> None:
                         spent = servers[name].cpu_seconds() - cpu_before
                         server_cpu_ms[name] += spent * 1000 / (QUERIES * BLOCKS * 2)
 
-    built = "grown row by row during the load" if grown else f"built in bulk in {build_s:.1f}s"
+    built = (
+        f"built in bulk over {bulk_rows} rows in {build_s:.1f}s, then {rows - bulk_rows} rows "
+        f"inserted one by one in {grow_s:.1f}s"
+        if bulk_rows < rows
+        else f"built in bulk in {build_s:.1f}s"
+    )
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
     print(f"index: {status.definition} {built}")
     print(f"index size {index_mb / 2**20:.0f} MB, table {table_mb / 2**20:.0f} MB")
@@ -406,14 +424,25 @@ def main() -> None:
         help="another checkout of this project (with its .venv): its /similar is measured "
         "in the same run, taking turns with this build's",
     )
-    parser.add_argument(
+    grown = parser.add_mutually_exclusive_group()
+    grown.add_argument(
         "--grown",
         action="store_true",
         help="build the index on the empty table, so rows join it one by one (as uploads do)",
     )
+    grown.add_argument(
+        "--grown-after",
+        type=int,
+        metavar="N",
+        help="build the index in bulk over the first N rows, then insert the rest one by one; "
+        "the searches by stored image are drawn from those (use with REGION_VECTORS=false)",
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(run(arguments.rows, arguments.baseline, arguments.grown))
+    bulk_rows = 0 if arguments.grown else arguments.rows
+    if arguments.grown_after is not None:
+        bulk_rows = min(arguments.grown_after, arguments.rows)
+    asyncio.run(run(arguments.rows, arguments.baseline, bulk_rows))
 
 
 if __name__ == "__main__":
