@@ -1,6 +1,7 @@
 """Ctrl-C, the ordinary way to stop a command: one line (and, for the batch commands, what was
 done so far), no traceback, exit status 130."""
 
+import asyncio
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.database import create_engine
+from app.core.listener import cannot_listen
 from bench.harness import free_port
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
 from tests.support.cli import poll_until, press_ctrl_c, start
@@ -73,6 +75,34 @@ async def test_make_run_stops_on_ctrl_c_without_make_reporting_an_error(
     assert_no_traceback(stdout + stderr)
     assert "make:" not in stdout + stderr  # no "make: *** [Makefile: run] Error 130"
     assert stderr.splitlines()[-1] == "serve: stopped by Ctrl-C"
+
+
+async def test_make_run_stopped_by_sigterm_stops_the_server_too(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    _, url = await settings_on_new_database(create_database, tmp_path, "term_make_run")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    venv = Path(sys.prefix)
+    make_run = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
+
+    process = await start(["run"], environment, program=make_run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        ready = await wait_until_ready(client)
+    os.kill(process.pid, signal.SIGTERM)  # make alone, as a process manager stops it
+    # The output ends only when every process writing it has: an orphaned server would keep
+    # it open (and the port) until the timeout.
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+
+    assert ready
+    assert process.returncode == -signal.SIGTERM
+    assert "Application shutdown complete" in stderr.decode()  # a graceful stop
+    assert cannot_listen("127.0.0.1", port) is None  # the port is free again
 
 
 async def test_ctrl_c_stops_an_import_with_what_it_did_so_far(

@@ -79,10 +79,18 @@ def _add_duplicates_command(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve",
         help="run the API on HOST:PORT (starts the embedded PostgreSQL if DATABASE_URL is unset)",
-    ).set_defaults(handler="serve:serve")
+    )
+    serve.add_argument(
+        "--ctrl-c-status",
+        type=int,
+        default=INTERRUPTED,
+        help=f"exit status after Ctrl-C (default {INTERRUPTED}, as a shell reports it; `make run` "
+        "uses 0, so that make, stopped by the same Ctrl-C, reports no error)",
+    )
+    serve.set_defaults(handler="serve:serve")
     reembed = commands.add_parser(
         "reembed",
         help="recompute the embeddings of stored images made with another EMBEDDING_MODEL",
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         # Ctrl-C is how a person stops a command: one line, no traceback. (`serve` ends here
         # after its graceful shutdown; the batch commands print their partial summary first.)
         print(f"{arguments.command}: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        sys.exit(getattr(arguments, "ctrl_c_status", INTERRUPTED))
     except BrokenPipeError:
         # The output's reader went away (`| head`): stop quietly, as other command-line tools
         # do. stdout goes to /dev/null so that Python's own flush at exit does not fail again.
