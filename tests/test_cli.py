@@ -16,7 +16,7 @@ from app import cli
 from app.models.api_key import SCOPES
 from bench.harness import free_port, wait_for_listeners
 from tests.support.app import DatabaseFactory, make_settings, settings_on_new_database
-from tests.support.cli import ROOT, run_cli, run_with_a_terminal_as_stderr
+from tests.support.cli import ROOT, run_cli, run_with_a_terminal_as_stderr, server_environment
 from tests.support.images import encode, scene, text_page
 from tests.support.live_server import live_server, wait_until_ready
 
@@ -173,16 +173,13 @@ async def test_serve_with_several_workers_shares_one_database(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
     _, url = await settings_on_new_database(create_database, tmp_path, "cli_workers")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url.render_as_string(hide_password=False),
-        "WORKERS": "2",
-        "PORT": str(port),
-        "DATA_DIR": str(tmp_path / "data"),
-        "LOG_LEVEL": "INFO",
-        "LOG_FORMAT": "json",
-    }
+    environment, port = server_environment(
+        url.render_as_string(hide_password=False),
+        tmp_path,
+        WORKERS="2",
+        LOG_LEVEL="INFO",
+        LOG_FORMAT="json",
+    )
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

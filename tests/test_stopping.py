@@ -4,7 +4,6 @@ done so far), no traceback, exit status 130."""
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,9 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.database import create_engine
 from app.core.listener import cannot_listen
-from bench.harness import free_port
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
-from tests.support.cli import poll_until, press_ctrl_c, start
+from tests.support.cli import (
+    make_run_command,
+    poll_until,
+    press_ctrl_c,
+    server_environment,
+    start,
+)
 from tests.support.images import encode, jpeg_bytes, scene
 from tests.support.live_server import live_server, wait_until_ready
 
@@ -29,13 +33,7 @@ async def test_ctrl_c_stops_serve_after_a_graceful_shutdown(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
     _, url = await settings_on_new_database(create_database, tmp_path, "stop_serve")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url.render_as_string(hide_password=False),
-        "PORT": str(port),
-        "DATA_DIR": str(tmp_path / "data"),
-    }
+    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
 
     server = await start(["serve"], environment)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -53,18 +51,8 @@ async def test_make_run_stops_on_ctrl_c_without_make_reporting_an_error(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
     _, url = await settings_on_new_database(create_database, tmp_path, "stop_make_run")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url.render_as_string(hide_password=False),
-        "PORT": str(port),
-        "DATA_DIR": str(tmp_path / "data"),
-    }
-    venv = Path(sys.prefix)
-    # This interpreter's environment, taken as installed (-o: never reinstalled by the test).
-    make_run = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
-
-    process = await start(["run"], environment, program=make_run)
+    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
+    process = await start(["run"], environment, program=make_run_command())
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         ready = await wait_until_ready(client)
     code, stdout, stderr = await press_ctrl_c(process)
@@ -81,17 +69,8 @@ async def test_make_run_stopped_by_sigterm_stops_the_server_too(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
     _, url = await settings_on_new_database(create_database, tmp_path, "term_make_run")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url.render_as_string(hide_password=False),
-        "PORT": str(port),
-        "DATA_DIR": str(tmp_path / "data"),
-    }
-    venv = Path(sys.prefix)
-    make_run = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
-
-    process = await start(["run"], environment, program=make_run)
+    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
+    process = await start(["run"], environment, program=make_run_command())
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         ready = await wait_until_ready(client)
     os.kill(process.pid, signal.SIGTERM)  # make alone, as a process manager stops it

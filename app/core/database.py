@@ -167,12 +167,16 @@ def is_database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        # The adapter wraps asyncpg's error; the original is its cause.
         return any(
             isinstance(cause, (*_UNAVAILABLE_ERRORS, OSError, TimeoutError))
-            for cause in (exc.orig, exc.orig.__cause__ if exc.orig else None)
+            for cause in driver_errors(exc)
         )
     return isinstance(exc, _UNAVAILABLE_ERRORS)
+
+
+def driver_errors(error: DBAPIError) -> tuple[BaseException | None, ...]:
+    """The errors behind SQLAlchemy's: the adapter's, and asyncpg's own (the adapter's cause)."""
+    return (error.orig, error.orig.__cause__ if error.orig else None)
 
 
 async def apply_schema(engine: AsyncEngine, *, embedding_dimension: int) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import VectorIndexConfig
-from app.core.database import transaction
+from app.core.database import driver_errors, transaction
 from app.core.resources import SearchDefaults
 from app.core.vector_index import indexed_expression, query_expression, vector_text
 from app.errors import EmbeddingOutdated, ImageNotFound
@@ -415,12 +415,8 @@ async def _run_exact(
 
 
 def _cancelled(error: DBAPIError) -> bool:
-    """Whether PostgreSQL cancelled the statement (statement_timeout); the adapter wraps
-    asyncpg's error, which is its cause."""
-    return any(
-        isinstance(cause, asyncpg.QueryCanceledError)
-        for cause in (error.orig, error.orig.__cause__ if error.orig else None)
-    )
+    """Whether PostgreSQL cancelled the statement (statement_timeout)."""
+    return any(isinstance(cause, asyncpg.QueryCanceledError) for cause in driver_errors(error))
 
 
 async def search_stored_image(

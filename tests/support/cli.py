@@ -14,7 +14,32 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def server_environment(
+    database_url: str, tmp_path: Path, **extra: str
+) -> tuple[dict[str, str], int]:
+    """The environment of a `serve` (or `make run`) on `database_url` and a free port, with
+    its files under `tmp_path`: (environment, port)."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "data"),
+        **extra,
+    }
+    return environment, port
+
+
+def make_run_command() -> list[str]:
+    """`make` on this interpreter's environment, taken as installed (-o: never reinstalled by a
+    test)."""
+    venv = Path(sys.prefix)
+    return ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
 
 
 async def run_cli(
