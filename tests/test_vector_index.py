@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.config import VectorIndexConfig
 from app.core.database import apply_schema, create_engine, prepare_vector_index
 from app.core.vector_index import (
+    INDEX_NAME,
     IVFFLAT_MIN_ROWS,
+    REGION_INDEX_NAME,
     describe_vector_index,
     ensure_vector_index,
     search_settings,
@@ -48,7 +50,13 @@ async def sparse_graph(
     """An empty database whose HNSW index is a sparse graph searched with a tiny beam: greedy
     routing often never reaches a query's cluster (as it does, more rarely, at the default
     settings on 100k images). Rows added later join the graph one by one."""
-    index = config(tmp_path, HNSW_M=4, HNSW_EF_CONSTRUCTION=8, HNSW_EF_SEARCH=2)
+    index = config(
+        tmp_path,
+        HNSW_M=4,
+        HNSW_EF_CONSTRUCTION=8,
+        HNSW_INSERT_EF_CONSTRUCTION=8,
+        HNSW_EF_SEARCH=2,
+    )
     engine, url = await fresh_engine(create_database, name, index)
     await ensure_vector_index(engine, index)
     return index, engine, url
@@ -123,6 +131,43 @@ async def test_an_index_of_the_former_default_is_kept_when_pinned_and_rebuilt_ot
     assert pinned.action == "kept"
     assert upgraded.action == "built"
     assert described == "hnsw storage=vector m=16 ef_construction=128"
+
+
+async def index_options(connection: AsyncConnection) -> dict[str, list[str]]:
+    rows = await connection.exec_driver_sql(
+        "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1)",
+        ([INDEX_NAME, REGION_INDEX_NAME],),
+    )
+    return {row.relname: sorted(row.reloptions) for row in rows}
+
+
+async def test_rows_inserted_after_the_build_are_linked_with_the_insert_candidate_list(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path)
+    engine, url = await fresh_engine(create_database, "index_insert_candidates", index)
+    await copy_vectors(dsn(url), clustered_vectors(500, clusters=20), model=MODEL)
+
+    built = await ensure_vector_index(engine, index)
+    async with engine.connect() as connection:
+        after_build = await index_options(connection)
+    changed = await ensure_vector_index(engine, config(tmp_path, HNSW_INSERT_EF_CONSTRUCTION=300))
+    async with engine.connect() as connection:
+        after_change = await index_options(connection)
+        described = await describe_vector_index(connection)
+    await engine.dispose()
+
+    # Built with the build's list, then set for inserts; a change of the insert list alone
+    # does not rebuild.
+    assert built.definition == "hnsw storage=vector m=16 ef_construction=128"
+    assert after_build == {
+        name: ["ef_construction=256", "m=16"] for name in (INDEX_NAME, REGION_INDEX_NAME)
+    }
+    assert changed.action == "kept"
+    assert described == "hnsw storage=vector m=16 ef_construction=128"
+    assert after_change == {
+        name: ["ef_construction=300", "m=16"] for name in (INDEX_NAME, REGION_INDEX_NAME)
+    }
 
 
 async def test_ivfflat_waits_for_data_then_is_built_with_lists_from_the_row_count(

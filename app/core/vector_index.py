@@ -145,6 +145,7 @@ async def _reconcile(
 
     wanted = _signature(config)
     if current is not None and current.startswith(wanted) and not rebuild:
+        await _set_insert_candidates(connection, config, name)
         return IndexStatus("kept", current)
 
     definition = wanted
@@ -180,7 +181,28 @@ async def _reconcile(
     await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
     await connection.execute(text(f"ALTER INDEX {build_name} RENAME TO {name}"))
     await connection.execute(text(f"COMMENT ON INDEX {name} IS '{definition}'"))
+    await _set_insert_candidates(connection, config, name)
     return IndexStatus("built", definition)
+
+
+async def _set_insert_candidates(
+    connection: AsyncConnection, config: VectorIndexConfig, name: str
+) -> None:
+    """Give an HNSW index HNSW_INSERT_EF_CONSTRUCTION for the rows inserted from now on.
+
+    pgvector reads `ef_construction` from the index's options at every insert, so changing
+    them changes how later rows are linked without touching the graph built so far (nor the
+    comment that says how it was built). A REINDEX run by hand would build with this value."""
+    if config.kind != "hnsw":
+        return
+    wanted = f"ef_construction={config.hnsw_insert_ef_construction}"
+    options = await connection.scalar(
+        text("SELECT reloptions FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
+    )
+    if wanted not in (options or []):
+        await connection.execute(
+            text(f"ALTER INDEX {name} SET (ef_construction = {config.hnsw_insert_ef_construction})")
+        )
 
 
 def vector_text(vector: NDArray[np.float32]) -> str:
