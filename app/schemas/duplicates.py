@@ -36,7 +36,8 @@ class DuplicateLinkRead(BaseModel):
     verification: dict[str, Any] | None = Field(
         default=None,
         description="For a verified near_duplicate: what verification found (as a match's "
-        "`evidence` in `/similar`)",
+        "`evidence` in `/similar`), seen from `query_id`, one of `image_ids`: `rotation` and "
+        "`scale` take that image's picture onto the other's",
     )
 
 

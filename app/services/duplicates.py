@@ -497,7 +497,8 @@ _MARK_SCANNED = """
 def _edges(
     found: Mapping[uuid.UUID, Sequence[DuplicateLink]],
 ) -> dict[tuple[uuid.UUID, uuid.UUID], DuplicateLink]:
-    """Each pair once, smaller id first; a pair found from both sides keeps its better score."""
+    """Each pair once, smaller id first; a pair found from both sides keeps its better score.
+    A verified link's evidence names the image it was seen from (`query_id`)."""
     edges: dict[tuple[uuid.UUID, uuid.UUID], DuplicateLink] = {}
     for image_id, links in found.items():
         for link in links:
@@ -506,7 +507,13 @@ def _edges(
             a, b = sorted((image_id, link.image_id))
             known = edges.get((a, b))
             if known is None or link.similarity_score > known.similarity_score:
-                edges[a, b] = link
+                # The evidence's rotation and scale go from the query's picture to the other's.
+                verification = (
+                    None
+                    if link.verification is None
+                    else {"query_id": str(image_id), **link.verification}
+                )
+                edges[a, b] = dataclasses.replace(link, verification=verification)
     return edges
 
 

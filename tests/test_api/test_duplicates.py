@@ -65,8 +65,10 @@ async def test_uploaded_copies_form_a_group_with_its_keeper_first_and_unrelated_
     [link] = group["links"]
     assert sorted(link["image_ids"]) == sorted([original, small])
     assert link["match"] == "near_duplicate" and link["similarity_score"] > 0.9
-    # Verified: the small copy's keypoints map onto the original at twice the scale.
+    # Verified from the later upload: the small copy's keypoints map onto the original at
+    # twice the scale.
     evidence = link["verification"]
+    assert evidence["query_id"] == small
     assert (evidence["transform"], evidence["mirrored"]) == ("similarity", False)
     assert evidence["scale"] == pytest.approx(2.0, abs=0.05)
     assert evidence["rotation"] == pytest.approx(0.0, abs=1.0)
