@@ -101,8 +101,9 @@ Call = Callable[[int], Awaitable[object]]
 SELF_HIT_QUERIES = 2000  # stored images searched for the tail figures
 
 
-async def run(rows: int, baseline: Path | None, bulk_rows: int) -> None:
-    """`bulk_rows`: how many rows the index is built over in bulk; the rest join it one by one."""
+async def run(rows: int, baseline: Path | None, bulk_rows: int, loaders: int = 1) -> None:
+    """`bulk_rows`: how many rows the index is built over in bulk; the rest join it one by one,
+    through `loaders` concurrent connections (as concurrent uploads insert them)."""
     # The index settings; STORAGE_BACKEND is for the app this run starts (storage_environment).
     # Verification off: the recall and self-hit figures are the index's own (verification
     # re-ranks the final scan's candidates after it; the apps below measure what it costs).
@@ -141,9 +142,14 @@ async def run(rows: int, baseline: Path | None, bulk_rows: int) -> None:
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         if bulk_rows < rows:
-            ids += await copy_vectors(
-                libpq_dsn(url), stored[bulk_rows:], model=MODEL, local_features=feature_blobs()
-            )
+            blobs = feature_blobs()
+            for loaded in await asyncio.gather(
+                *(
+                    copy_vectors(libpq_dsn(url), part, model=MODEL, local_features=blobs)
+                    for part in np.array_split(stored[bulk_rows:], loaders)
+                )
+            ):
+                ids += loaded
         grow_s = time.perf_counter() - started
         if regions_on:
             regions = clustered_vectors(rows * REGION_COUNT, clusters=clusters, seed=1)
@@ -303,12 +309,15 @@ async def run(rows: int, baseline: Path | None, bulk_rows: int) -> None:
 
     built = (
         f"built in bulk over {bulk_rows} rows in {build_s:.1f}s, then {rows - bulk_rows} rows "
-        f"inserted one by one in {grow_s:.1f}s"
+        f"inserted one by one in {grow_s:.1f}s ({loaders} connection(s))"
         if bulk_rows < rows
         else f"built in bulk in {build_s:.1f}s"
     )
     print(f"rows={rows} clusters={clusters} load={load_s:.1f}s (COPY)")
-    print(f"index: {status.definition} {built}")
+    print(
+        f"index: {status.definition} {built}; rows inserted after a build: ef_construction "
+        f"{index.hnsw_insert_ef_construction}"
+    )
     print(f"index size {index_mb / 2**20:.0f} MB, table {table_mb / 2**20:.0f} MB")
     if regions_on:
         print(
@@ -437,12 +446,19 @@ def main() -> None:
         help="build the index in bulk over the first N rows, then insert the rest one by one; "
         "the searches by stored image are drawn from those (use with REGION_VECTORS=false)",
     )
+    parser.add_argument(
+        "--loaders",
+        type=int,
+        default=1,
+        help="with --grown or --grown-after: connections inserting the rows one by one at once "
+        "(a million rows grown through one take hours)",
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     bulk_rows = 0 if arguments.grown else arguments.rows
     if arguments.grown_after is not None:
         bulk_rows = min(arguments.grown_after, arguments.rows)
-    asyncio.run(run(arguments.rows, arguments.baseline, bulk_rows))
+    asyncio.run(run(arguments.rows, arguments.baseline, bulk_rows, max(1, arguments.loaders)))
 
 
 if __name__ == "__main__":
