@@ -271,6 +271,10 @@ async def test_the_page_asks_for_a_key_and_works_with_one(
             # The thumbnail was fetched with the key (an <img> alone cannot send it).
             await page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
             thumbnail_source = await page.get_attribute("#gallery img", "src")
+            # The gallery can show the upload before its search has answered.
+            await page.wait_for_function(
+                "!document.getElementById('status').textContent.startsWith('Uploading')"
+            )
             status = await page.inner_text("#status")
 
     assert "This request needs an API key" in refused and "see API key above" in refused
