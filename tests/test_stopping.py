@@ -29,15 +29,27 @@ def assert_no_traceback(output: str) -> None:
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
+async def serving(
+    create_database: DatabaseFactory,
+    tmp_path: Path,
+    name: str,
+    *,
+    program: list[str] | None = None,
+) -> tuple[asyncio.subprocess.Process, int, bool]:
+    """`python -m app serve` (or `program run`: `make run`) on a database of its own: the
+    process, its port and whether it became ready."""
+    _, url = await settings_on_new_database(create_database, tmp_path, name)
+    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
+    process = await start(["run" if program else "serve"], environment, program=program)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        ready = await wait_until_ready(client)
+    return process, port, ready
+
+
 async def test_ctrl_c_stops_serve_after_a_graceful_shutdown(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    _, url = await settings_on_new_database(create_database, tmp_path, "stop_serve")
-    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
-
-    server = await start(["serve"], environment)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        ready = await wait_until_ready(client)
+    server, _, ready = await serving(create_database, tmp_path, "stop_serve")
     code, stdout, stderr = await press_ctrl_c(server)
 
     assert ready
@@ -50,11 +62,9 @@ async def test_ctrl_c_stops_serve_after_a_graceful_shutdown(
 async def test_make_run_stops_on_ctrl_c_without_make_reporting_an_error(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    _, url = await settings_on_new_database(create_database, tmp_path, "stop_make_run")
-    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
-    process = await start(["run"], environment, program=make_run_command())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        ready = await wait_until_ready(client)
+    process, _, ready = await serving(
+        create_database, tmp_path, "stop_make_run", program=make_run_command()
+    )
     code, stdout, stderr = await press_ctrl_c(process)
 
     assert ready
@@ -68,11 +78,9 @@ async def test_make_run_stops_on_ctrl_c_without_make_reporting_an_error(
 async def test_make_run_stopped_by_sigterm_stops_the_server_too(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    _, url = await settings_on_new_database(create_database, tmp_path, "term_make_run")
-    environment, port = server_environment(url.render_as_string(hide_password=False), tmp_path)
-    process = await start(["run"], environment, program=make_run_command())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        ready = await wait_until_ready(client)
+    process, port, ready = await serving(
+        create_database, tmp_path, "term_make_run", program=make_run_command()
+    )
     os.kill(process.pid, signal.SIGTERM)  # make alone, as a process manager stops it
     # The output ends only when every process writing it has: an orphaned server would keep
     # it open (and the port) until the timeout.
