@@ -8,6 +8,8 @@ Loads N clustered vectors with COPY, builds the configured index, then
   image among its own candidates), how many the service retried wider, the self-hit after its
   retries, how many reached the widest index scan and the exact scan (and how many exact scans
   were cut short at half of DB_STATEMENT_TIMEOUT), and recall@10 of what it returns;
+- the service's search by a stored image that nothing is like (it pays the retries up to the
+  widest index scan) against an ordinary one, in turns;
 - p50/p95/p99 latency of the service's own search statement run through asyncpg alone, and
   of GET /similar on the app running in its own process (a minimal keep-alive HTTP client),
   at concurrency 1 and 8, for the same stored query images,
@@ -224,6 +226,22 @@ async def run(rows: int, baseline: Path | None, bulk_rows: int, loaders: int = 1
                 neighbours = [j for j in nearest if j != i][:10]
                 found = len({row.id for row in searched.rows} & {ids[j] for j in neighbours})
                 stored_recalls.append(found / 10)
+            # What an image with nothing like it costs: a direction of its own (scoring about 0
+            # with every row) is searched with the index scans up to the widest before the
+            # service answers "nothing similar"; an ordinary stored image, in turns with it.
+            direction = np.random.default_rng(4).standard_normal((1, vectors.shape[1]))
+            alone = (direction / np.linalg.norm(direction)).astype(np.float32)
+            (alone_id,) = await copy_vectors(libpq_dsn(url), alone, model=MODEL)
+            alone_ms: list[float] = []
+            ordinary_ms: list[float] = []
+            for number in range(QUERIES):
+                for query_id, timings in (
+                    (alone_id, alone_ms),
+                    (ids[sample[number % len(sample)]], ordinary_ms),
+                ):
+                    started = time.perf_counter()
+                    await search_stored_image(connection, query_id, options)
+                    timings.append((time.perf_counter() - started) * 1000)
         recall = float(np.mean(held_out_recalls))
         zero_recall = float(np.mean([r == 0 for r in held_out_recalls]))
         low_recall = float(np.mean([r < 0.5 for r in held_out_recalls]))
@@ -342,6 +360,11 @@ async def run(rows: int, baseline: Path | None, bulk_rows: int, loaders: int = 1
         f"index scan: {widest}, ended in the exact scan: {len(exact_scan_ms)}"
         + (f" (the four scans of each: {summary(exact_scan_ms)})" if exact_scan_ms else "")
         + f", exact scans cut short: {cut_short}"
+    )
+    print(
+        f"a stored image with nothing like it (retried up to the widest index scan): "
+        f"{summary(alone_ms)}; an ordinary one in turns: {summary(ordinary_ms)}; p50 "
+        f"{percentile(alone_ms, 0.5) / percentile(ordinary_ms, 0.5):.1f} x"
     )
     for name, values in report.items():
         print(f"{name:<28} {summary(values)}")

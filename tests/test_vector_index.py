@@ -419,6 +419,71 @@ async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
     assert empty_answers == 0
 
 
+async def test_a_search_still_lost_at_the_wider_scan_goes_on_to_the_widest(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index, engine, url = await sparse_graph(tmp_path, create_database, "lost_at_wider")
+    # On 20,000 rows a scan at the wider width (ef_search 400) still ends in another cluster
+    # now and then, having found the query image there (its own links lead there).
+    vectors = clustered_vectors(20_000, clusters=2000, seed=4)
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
+
+    async def scan(connection: AsyncConnection, query: uuid.UUID, ef: int) -> tuple[bool, bool]:
+        """Whether one index scan at ef_search `ef` finds the query image, and anything scoring
+        0.6 or more besides it."""
+        await connection.exec_driver_sql(f"SET hnsw.ef_search = {ef}")
+        rows = (
+            await connection.exec_driver_sql(
+                search.nearest_images_sql(index), (query, MODEL, 6, 2.0, 5)
+            )
+        ).all()
+        await connection.exec_driver_sql("RESET hnsw.ef_search")
+        return bool(rows[0].self_found), 1 - rows[0].best_distance >= 0.6
+
+    # Every image has neighbours scoring about 0.9 (its cluster).
+    reachable, answered = 0, 0
+    async with engine.connect() as connection:
+        for query in ids[::10]:
+            if await scan(connection, query, search.WIDER_EF_SEARCH_FLOOR) != (True, False):
+                continue
+            if await scan(connection, query, search.MAX_EF_SEARCH) == (True, True):
+                reachable += 1
+                answered += bool(await search.find_similar_images(connection, query, options))
+    await engine.dispose()
+
+    # The corpus does defeat the wider scan, in a way the widest one recovers.
+    assert reachable >= 1
+    assert answered == reachable
+
+
+async def test_an_image_with_nothing_like_it_gets_the_widest_index_scan_and_no_exact_scan(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    index = config(tmp_path)
+    engine, url = await fresh_engine(create_database, "image_alone", index)
+    vectors = clustered_vectors(2000, clusters=200, seed=4)
+    # A direction of its own: it scores about 0 with every other image.
+    alone = np.random.default_rng(9).standard_normal(512).astype(np.float32)
+    alone /= np.linalg.norm(alone)
+    ids = await copy_vectors(dsn(url), np.vstack([vectors, alone]), model=MODEL)
+    await ensure_vector_index(engine, index)
+    options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
+
+    async with engine.connect() as connection:
+        by_alone = await search.search_stored_image(connection, ids[-1], options)
+        by_clustered = await search.search_stored_image(connection, ids[0], options)
+    await engine.dispose()
+
+    assert float(np.max(vectors @ alone)) < 0.3
+    # Nothing scores 0.6: the wider and the widest index scans say so too, and the search ends
+    # there with an empty answer (a single row of NULL matches), without reading every row.
+    assert (by_alone.scans, by_alone.self_found, by_alone.complete) == (3, True, True)
+    assert [row.id for row in by_alone.rows] == [None]
+    assert by_clustered.scans == 1
+    assert len(by_clustered.rows) == 5
+
+
 async def test_an_exact_scan_past_its_time_budget_gives_way_to_the_widest_index_scan(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:

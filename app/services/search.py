@@ -425,9 +425,10 @@ async def search_stored_image(
     """Search by a stored image, scanning wider when the index scan did not reach the query
     image itself (then its neighbourhood was not reached either: wider, widest, then exactly
     within `exact_scan_seconds`), or found nothing scoring `recheck_below` or more besides it
-    (wider once). The rows are `options.candidates` at most (all of
-    them, whatever their score, when verification is on). Raises ImageNotFound,
-    EmbeddingOutdated."""
+    (wider, then widest: the image's own links in the graph can lead a scan into another
+    cluster; an image that really has no neighbours pays both scans, never the exact one). The
+    rows are `options.candidates` at most (all of them, whatever their score, when
+    verification is on). Raises ImageNotFound, EmbeddingOutdated."""
     statement = nearest_images_sql(options.index, regions=options.regions)
     parameters = (
         image_id,
@@ -445,13 +446,12 @@ async def search_stored_image(
     scans, complete = 1, True
     if options.index.kind != "none":
         wider, widest, exact = _wider_scans(options.index)
-        # A scan that found the query image but nothing similar besides (the image's own links
-        # in the graph can lead astray) gets the wider scan; one that missed the image itself
-        # gets every step until it is found.
+        # A scan that found the query image but nothing similar besides gets the index scans
+        # up to the widest; one that missed the image itself gets every step until it is found.
         if not (rows[0].self_found and _similar_found(rows, options)):
             rows = await _run(connection, statement, parameters, wider)
             scans += 1
-        if not rows[0].self_found:
+        if not (rows[0].self_found and _similar_found(rows, options)):
             rows = await _run(connection, statement, parameters, widest)
             scans += 1
         if not rows[0].self_found:
