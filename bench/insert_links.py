@@ -89,7 +89,7 @@ async def measure(
             searched = await search_stored_image(connection, ids[i], options)
             found = len({row.id for row in searched.rows} & neighbours)
             self_hits += searched.self_found
-            exact_scans += searched.scans > 3
+            exact_scans += searched.exact
             cut_short += not searched.complete
             at_most_one += found <= 1
             recalls.append(found / 10)

@@ -5,8 +5,8 @@ best of them (near-duplicates), unless VERIFY_NEAR_DUPLICATES is off.
 The hot path: each search is one statement in asyncpg's own SQL (`$n` parameters) run with
 `exec_driver_sql`, which skips SQLAlchemy's statement compilation and parameter processing
 (`bench.search` measures what is left against asyncpg alone). A scan that missed what it had
-to find is retried wider, then exactly; verification works on the candidates of the final
-scan."""
+to find is retried wider, then at the index's widest, then exactly; verification works on
+the candidates of the final scan."""
 
 import asyncio
 import logging
@@ -151,21 +151,18 @@ def _wider_scans(config: VectorIndexConfig) -> list[dict[str, str]]:
     """The settings of the retries of a search that missed what it had to find, widest last:
     the index scanned `WIDER_SCAN_FACTOR` times wider (ef_search at least
     `WIDER_EF_SEARCH_FLOOR`, or times the probes), then as wide as pgvector goes
-    (ef_search 1000, probes times the factor squared), then exactly (no index). In pgvector's
-    graph (HNSW) a greedy scan can stop in a region far from the query: the `self_hit` figure
-    of `bench.search` measures how often, and how often each retry recovers."""
-    wider = {
-        "hnsw.ef_search": str(
-            min(
-                MAX_EF_SEARCH, max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR)
-            )
-        ),
-        "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR),
-    }
-    widest = {
-        "hnsw.ef_search": str(MAX_EF_SEARCH),
-        "ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR**2),
-    }
+    (ef_search 1000, probes times the factor squared), then exactly (no index). Each names the
+    setting of `config.kind` only, so two equal steps (ef_search 250 or more: both 1000) are
+    equal dicts. In pgvector's graph (HNSW) a greedy scan can stop in a region far from the
+    query: the `self_hit` figure of `bench.search` measures how often, and how often each retry
+    recovers."""
+    if config.kind == "ivfflat":
+        wider = {"ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR)}
+        widest = {"ivfflat.probes": str(config.ivfflat_probes * WIDER_SCAN_FACTOR**2)}
+    else:
+        ef_search = max(WIDER_EF_SEARCH_FLOOR, config.hnsw_ef_search * WIDER_SCAN_FACTOR)
+        wider = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search))}
+        widest = {"hnsw.ef_search": str(MAX_EF_SEARCH)}
     return [wider, widest, {"enable_indexscan": "off"}]
 
 
@@ -182,7 +179,7 @@ class SearchOptions:
     threshold: float  # lowest cosine similarity returned (verified near-duplicates pass anyway)
     near_duplicate_threshold: float  # the label without verification
     index: VectorIndexConfig
-    # A search whose best candidate scores below this is double-checked with a wider scan
+    # A search whose best candidate scores below this is double-checked with wider scans
     # (SIMILARITY_THRESHOLD: an answer with nothing similar in it).
     recheck_below: float = -1.0
     # How many of the nearest are verified; 0: none (the label then follows the score).
@@ -349,13 +346,14 @@ def _similar_found(rows: Sequence[Row[tuple[object, ...]]], options: SearchOptio
 @dataclass(frozen=True)
 class StoredImageSearch:
     """What a search by a stored image did: its rows, whether the final scan found the query
-    image among its candidates, how many scans it took (1 when the first one did; 4 when it
-    ended in the exact scan) and whether every scan it started finished (False when the exact
-    scan outlasted `exact_scan_seconds`)."""
+    image among its candidates, how many scans it ran (1 when the first found the image and
+    something similar), whether the last of them was the exact scan, and whether every scan it
+    started finished (False when the exact scan outlasted `exact_scan_seconds`)."""
 
     rows: Sequence[Row[tuple[object, ...]]]
     self_found: bool
     scans: int
+    exact: bool = False
     complete: bool = True
 
 
@@ -425,10 +423,11 @@ async def search_stored_image(
     """Search by a stored image, scanning wider when the index scan did not reach the query
     image itself (then its neighbourhood was not reached either: wider, widest, then exactly
     within `exact_scan_seconds`), or found nothing scoring `recheck_below` or more besides it
-    (wider, then widest: the image's own links in the graph can lead a scan into another
-    cluster; an image that really has no neighbours pays both scans, never the exact one). The
-    rows are `options.candidates` at most (all of them, whatever their score, when
-    verification is on). Raises ImageNotFound, EmbeddingOutdated."""
+    (HNSW: wider, then widest, since the image's own links in the graph can lead a scan into
+    another cluster; an image that really has no neighbours pays both scans, and the exact one
+    only if a wider scan loses the image; IVFFlat: wider once). The rows are
+    `options.candidates` at most (all of them, whatever their score, when verification is on).
+    Raises ImageNotFound, EmbeddingOutdated."""
     statement = nearest_images_sql(options.index, regions=options.regions)
     parameters = (
         image_id,
@@ -443,19 +442,21 @@ async def search_stored_image(
     query_model = rows[0].query_model
     if query_model != options.model:
         raise EmbeddingOutdated(image_id, query_model, options.model)
-    scans, complete = 1, True
+    scans, exact_scan, complete = 1, False, True
     if options.index.kind != "none":
         wider, widest, exact = _wider_scans(options.index)
-        # A scan that found the query image but nothing similar besides gets the index scans
-        # up to the widest; one that missed the image itself gets every step until it is found.
+        # A scan that found the query image but nothing similar besides is retried wider (in
+        # HNSW, up to the widest); one that missed the image itself gets every step until the
+        # image is found. At HNSW_EF_SEARCH 250 or more the wider scan is already the widest.
         if not (rows[0].self_found and _similar_found(rows, options)):
             rows = await _run(connection, statement, parameters, wider)
             scans += 1
-        if not (rows[0].self_found and _similar_found(rows, options)):
+        lost_in_graph = options.index.kind == "hnsw" and not _similar_found(rows, options)
+        if widest != wider and (not rows[0].self_found or lost_in_graph):
             rows = await _run(connection, statement, parameters, widest)
             scans += 1
         if not rows[0].self_found:
-            scans += 1
+            scans, exact_scan = scans + 1, True
             exact_rows = await _run_exact(connection, statement, parameters, exact, options)
             if exact_rows is not None:
                 rows = exact_rows
@@ -467,7 +468,7 @@ async def search_stored_image(
                     image_id,
                     options.exact_scan_seconds,
                 )
-    return StoredImageSearch(rows, bool(rows[0].self_found), scans, complete)
+    return StoredImageSearch(rows, bool(rows[0].self_found), scans, exact_scan, complete)
 
 
 async def find_similar_images(
@@ -533,7 +534,8 @@ async def search_by_image(
         # costs little, and it reaches neighbourhoods a scan at ef_search stops short of.
         rows = await _run(connection, statement, parameters, wider)
         copy = rows[0].stored_copy
-        if (copy is not None and _missed(rows, copy)) or not _similar_found(rows, options):
+        lost = (copy is not None and _missed(rows, copy)) or not _similar_found(rows, options)
+        if lost and widest != wider:
             rows = await _run(connection, statement, parameters, widest)
         if copy is not None and _missed(rows, copy):
             # Only a missed copy is worth an exact scan.
