@@ -15,7 +15,12 @@ from app.api.access import AccessMiddleware
 from app.api.v1 import duplicates, health, images
 from app.core.body_limit import BodySizeLimitMiddleware, allow_long_part_headers
 from app.core.config import SERVICE_NAME, SERVICE_VERSION, Settings, get_settings
-from app.core.database import UNAVAILABLE_EXCEPTIONS, Database, is_database_unavailable
+from app.core.database import (
+    UNAVAILABLE_EXCEPTIONS,
+    Database,
+    is_database_unavailable,
+    maintenance_engine,
+)
 from app.core.observability import (
     UPLOAD_ROUTE,
     Metrics,
@@ -42,10 +47,17 @@ async def _check_embeddings(resources: Resources) -> None:
     """Start-up checks: warn about embeddings of another model and images without local
     features (with verification on) or region vectors (with REGION_VECTORS on); prepare the
     duplicate groups (first build, splits left undone). Skipped with a warning when the
-    database has gone away since the schema was applied."""
+    database has gone away since the schema was applied.
+
+    They run on a maintenance connection, without DB_STATEMENT_TIMEOUT: each count reads the
+    whole table, which takes seconds at a million images on a cold cache, longer than a
+    request may."""
     embedder = resources.embedder
     try:
-        async with resources.engine.connect() as connection:
+        async with (
+            maintenance_engine(resources.engine.url) as maintenance,
+            maintenance.connect() as connection,
+        ):
             stale = await count_stale_embeddings(connection, model=embedder.name)
             unverifiable = (
                 await count_stale_embeddings(connection, model=embedder.name, local_features=True)

@@ -1,5 +1,6 @@
 """Start-up: schema on an empty database, the dimension check, and embedded mode end to end."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -8,10 +9,11 @@ import pytest
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.core.database import INIT_SQL_PATH, Database, create_engine
+from app.core.database import INIT_SQL_PATH, Database, apply_schema, create_engine
 from app.errors import SchemaMismatch
 from app.models.api_key import api_keys
 from app.models.image import ImageRow, image_regions, images
+from bench.corpus import clustered_vectors, copy_vectors
 from tests.support.app import DatabaseFactory, app_client, make_settings, settings_on_new_database
 from tests.support.images import jpeg_bytes
 
@@ -56,6 +58,29 @@ async def test_startup_refuses_a_dimension_that_differs_from_the_schema(
     with pytest.raises(SchemaMismatch, match="EMBEDDING_DIMENSION is 256"):
         async with app_client(settings):
             pass
+
+
+async def test_start_up_checks_are_not_bound_by_the_request_statement_timeout(
+    tmp_path: Path, create_database: DatabaseFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A timeout no statement meets stands for counts over a table of a million images, which
+    # take seconds on a cold cache: the checks must still run and say what they found.
+    settings, url = await settings_on_new_database(
+        create_database, tmp_path, "startup_checks", DB_STATEMENT_TIMEOUT=0.001
+    )
+    engine = create_engine(url, statement_timeout=None)
+    await apply_schema(engine, embedding_dimension=settings.EMBEDDING_DIMENSION)
+    await engine.dispose()
+    vectors = clustered_vectors(2, dimension=settings.EMBEDDING_DIMENSION, clusters=1)
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    await copy_vectors(dsn, vectors, model="an-earlier-model")
+
+    with caplog.at_level(logging.WARNING, logger="app"):
+        async with app_client(settings):
+            pass
+
+    assert "2 stored images were embedded with another model" in caplog.text
+    assert "start-up checks skipped" not in caplog.text
 
 
 def postgres_processes_for(pgdata: Path) -> list[psutil.Process]:
