@@ -2,12 +2,14 @@
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from PIL import Image
-from sqlalchemy import URL, text
+from sqlalchemy import URL, Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import VectorIndexConfig
@@ -45,11 +47,17 @@ async def fresh_engine(
 
 
 async def sparse_graph(
-    tmp_path: Path, create_database: DatabaseFactory, name: str
-) -> tuple[VectorIndexConfig, AsyncEngine, URL]:
-    """An empty database whose HNSW index is a sparse graph searched with a tiny beam: greedy
-    routing often never reaches a query's cluster (as it does, more rarely, at the default
-    settings on 100k images). Rows added later join the graph one by one."""
+    tmp_path: Path,
+    create_database: DatabaseFactory,
+    name: str,
+    vectors: NDArray[np.float32],
+    *,
+    local_features: Sequence[bytes] = (),
+) -> tuple[VectorIndexConfig, AsyncEngine, list[uuid.UUID]]:
+    """A database whose HNSW index is a sparse graph searched with a tiny beam, holding one row
+    per vector (their ids in order), each joining the graph one by one: greedy routing often
+    never reaches a query's cluster (as it does, more rarely, at the default settings on 100k
+    images)."""
     index = config(
         tmp_path,
         HNSW_M=4,
@@ -59,26 +67,46 @@ async def sparse_graph(
     )
     engine, url = await fresh_engine(create_database, name, index)
     await ensure_vector_index(engine, index)
-    return index, engine, url
+    ids = await copy_vectors(dsn(url), vectors, model=MODEL, local_features=local_features)
+    return index, engine, ids
 
 
 def dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+async def index_scan(
+    connection: AsyncConnection,
+    index: VectorIndexConfig,
+    query: uuid.UUID,
+    *,
+    ef_search: int | None = None,
+    largest_distance: float = 2.0,
+) -> Row[tuple[object, ...]]:
+    """One index scan by a stored image, as the service's first (5 results), at the
+    connection's ef_search or at `ef_search`: its first row (`self_found`, `best_distance`,
+    the best match or None)."""
+    if ef_search is not None:
+        await connection.exec_driver_sql(f"SET hnsw.ef_search = {ef_search}")
+    rows = await connection.exec_driver_sql(
+        search.nearest_images_sql(index), (query, MODEL, 6, largest_distance, 5)
+    )
+    first = rows.all()[0]
+    if ef_search is not None:
+        await connection.exec_driver_sql("RESET hnsw.ef_search")
+    return first
+
+
 async def stuck_queries(
     connection: AsyncConnection, index: VectorIndexConfig, ids: list[uuid.UUID]
 ) -> list[int]:
-    """Which of every tenth of 2,000 stored images a first index scan (5 results) does not
-    reach itself from: the searches the service has to recover."""
-    stuck = []
-    for query in range(0, 2000, 10):
-        first = await connection.exec_driver_sql(
-            search.nearest_images_sql(index), (ids[query], MODEL, 6, 2.0, 5)
-        )
-        if not first.all()[0].self_found:
-            stuck.append(query)
-    return stuck
+    """Which of every tenth of 2,000 stored images a first index scan does not reach itself
+    from: the searches the service has to recover."""
+    return [
+        query
+        for query in range(0, 2000, 10)
+        if not (await index_scan(connection, index, ids[query])).self_found
+    ]
 
 
 async def explain(engine: AsyncEngine, index: VectorIndexConfig, query_id: uuid.UUID) -> str:
@@ -264,9 +292,8 @@ async def test_processes_starting_at_once_share_the_schema_and_index_work(
 async def test_a_search_stuck_in_the_graph_scans_wider_and_finds_the_neighbourhood(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    index, engine, ids = await sparse_graph(tmp_path, create_database, "stuck_search", vectors)
     scores = vectors @ vectors.T
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
 
@@ -286,11 +313,12 @@ async def test_a_search_stuck_in_the_graph_scans_wider_and_finds_the_neighbourho
 async def test_verification_labels_the_candidates_of_the_final_scan(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_verified_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
     # Every row shows the same flat picture (features of under 1 KB): each candidate verifies.
     flat = extract(Image.new("RGB", (64, 48), (90, 120, 200))).to_bytes()
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL, local_features=[flat])
+    index, engine, ids = await sparse_graph(
+        tmp_path, create_database, "stuck_verified_search", vectors, local_features=[flat]
+    )
     scores = vectors @ vectors.T
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, verification_candidates=5)
 
@@ -315,9 +343,10 @@ async def test_verification_labels_the_candidates_of_the_final_scan(
 async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_upload_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    index, engine, ids = await sparse_graph(
+        tmp_path, create_database, "stuck_upload_search", vectors
+    )
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
 
     missed_by_first_scan, found = 0, 0
@@ -342,10 +371,9 @@ async def test_a_search_by_upload_always_finds_a_stored_copy_of_the_same_bytes(
 async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "stuck_held_out")
     vectors = clustered_vectors(2200, clusters=200, seed=4)
     stored, held_out = vectors[:2000], vectors[2000:]  # queries from the stored clusters
-    await copy_vectors(dsn(url), stored, model=MODEL)
+    index, engine, _ = await sparse_graph(tmp_path, create_database, "stuck_held_out", stored)
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, recheck_below=0.6)
 
     # Every query has neighbours scoring about 0.9: an answer without any above 0.6 is a scan
@@ -369,10 +397,9 @@ async def test_a_search_by_upload_with_nothing_similar_found_scans_wider(
 async def test_a_search_by_upload_scans_wide_enough_to_return_the_exact_nearest(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "wide_upload_search")
     vectors = clustered_vectors(2200, clusters=200, seed=4)
     stored, held_out = vectors[:2000], vectors[2000:]
-    ids = await copy_vectors(dsn(url), stored, model=MODEL)
+    index, engine, ids = await sparse_graph(tmp_path, create_database, "wide_upload_search", stored)
     options = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, recheck_below=0.6)
 
     # A scan at this index's ef_search (2) returns the nearest five of hardly any query, even
@@ -396,21 +423,16 @@ async def test_a_search_by_upload_scans_wide_enough_to_return_the_exact_nearest(
 async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "lonely_search")
     vectors = clustered_vectors(2000, clusters=200, seed=4)
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    index, engine, ids = await sparse_graph(tmp_path, create_database, "lonely_search", vectors)
     options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
 
     # Every image has neighbours scoring about 0.8 to 0.9 (its cluster).
     lonely_first_scans, empty_answers = 0, 0
     async with engine.connect() as connection:
         for query in range(0, 2000, 5):
-            first = (
-                await connection.exec_driver_sql(
-                    search.nearest_images_sql(index), (ids[query], MODEL, 6, 0.4, 5)
-                )
-            ).all()
-            lonely_first_scans += first[0].self_found and first[0].id is None
+            first = await index_scan(connection, index, ids[query], largest_distance=0.4)
+            lonely_first_scans += first.self_found and first.id is None
             matches = await search.find_similar_images(connection, ids[query], options)
             empty_answers += not matches
     await engine.dispose()
@@ -422,24 +444,17 @@ async def test_a_search_that_finds_the_image_but_nothing_like_it_scans_wider(
 async def test_a_search_still_lost_at_the_wider_scan_goes_on_to_the_widest(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "lost_at_wider")
     # On 20,000 rows a scan at the wider width (ef_search 400) still ends in another cluster
     # now and then, having found the query image there (its own links lead there).
     vectors = clustered_vectors(20_000, clusters=2000, seed=4)
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    index, engine, ids = await sparse_graph(tmp_path, create_database, "lost_at_wider", vectors)
     options = search.SearchOptions(MODEL, 5, 0.6, 0.9, index, recheck_below=0.6)
 
     async def scan(connection: AsyncConnection, query: uuid.UUID, ef: int) -> tuple[bool, bool]:
         """Whether one index scan at ef_search `ef` finds the query image, and anything scoring
         0.6 or more besides it."""
-        await connection.exec_driver_sql(f"SET hnsw.ef_search = {ef}")
-        rows = (
-            await connection.exec_driver_sql(
-                search.nearest_images_sql(index), (query, MODEL, 6, 2.0, 5)
-            )
-        ).all()
-        await connection.exec_driver_sql("RESET hnsw.ef_search")
-        return bool(rows[0].self_found), 1 - rows[0].best_distance >= 0.6
+        first = await index_scan(connection, index, query, ef_search=ef)
+        return bool(first.self_found), 1 - first.best_distance >= 0.6
 
     # Every image has neighbours scoring about 0.9 (its cluster).
     reachable, answered = 0, 0
@@ -499,12 +514,11 @@ async def test_an_image_with_nothing_like_it_is_scanned_wider_but_never_exactly(
 async def test_an_exact_scan_past_its_time_budget_gives_way_to_the_widest_index_scan(
     tmp_path: Path, create_database: DatabaseFactory
 ) -> None:
-    index, engine, url = await sparse_graph(tmp_path, create_database, "exact_budget")
     vectors = clustered_vectors(20_000, clusters=200, seed=5)
     # pgvector leaves a vector of norm 0 out of a cosine index: no index scan ever reaches
     # this image, so every search by it goes all the way to the exact scan.
     vectors[0] = 0.0
-    ids = await copy_vectors(dsn(url), vectors, model=MODEL)
+    index, engine, ids = await sparse_graph(tmp_path, create_database, "exact_budget", vectors)
     # Reading 20,000 rows of 512 numbers takes well over a millisecond.
     bounded = search.SearchOptions(MODEL, 5, -1.0, 0.9, index, exact_scan_seconds=0.001)
     unbounded = search.SearchOptions(MODEL, 5, -1.0, 0.9, index)
