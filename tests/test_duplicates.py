@@ -158,6 +158,10 @@ async def test_a_threshold_change_asks_for_a_rebuild_and_a_stopped_rebuild_conti
             await rebuild_groups(engine, options, batch_size=2, on_progress=stop)
     finally:
         await engine.dispose()
+    caplog.clear()
+    async with app_client(stricter):
+        pass
+    stopped_warning = caplog.text
     # ... continues where it stopped.
     environment = {
         **os.environ,
@@ -171,6 +175,10 @@ async def test_a_threshold_change_asks_for_a_rebuild_and_a_stopped_rebuild_conti
 
     assert before["total"] == 3 and before["rebuild_needed"] is False
     assert outdated["rebuild_needed"] is True
+    assert (
+        "duplicate groups are out of date (a rebuild with model cnn, near-duplicate threshold "
+        "0.75, verification of the 20 nearest was stopped before it finished)" in stopped_warning
+    )
     assert code == 0, output
     assert output.splitlines()[-1].startswith(
         "duplicates: build 2 (model cnn, near-duplicate threshold 0.75, verification of the 20 "

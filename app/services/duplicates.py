@@ -369,16 +369,20 @@ async def prepare_groups(connection: AsyncConnection, options: SearchOptions) ->
     await settle_groups(connection)
     if state.rebuild_needed:
         build = state.build
+        built = describe_settings(
+            build.model, build.near_duplicate_threshold, build.verification_candidates
+        )
+        now = describe_settings(
+            options.model, options.near_duplicate_threshold, options.verification_candidates
+        )
+        if built == now:  # only the rebuild's end is missing
+            reason = f"a rebuild with {now} was stopped before it finished"
+        else:
+            reason = f"{'a rebuild was stopped' if not build.finished else 'built'} with {built}; "
+            reason += f"now {now}"
         logger.warning(
-            "duplicate groups are out of date (%s with %s; now %s): run "
-            "`python -m app duplicates --rebuild`",
-            "a rebuild was stopped" if not build.finished else "built",
-            describe_settings(
-                build.model, build.near_duplicate_threshold, build.verification_candidates
-            ),
-            describe_settings(
-                options.model, options.near_duplicate_threshold, options.verification_candidates
-            ),
+            "duplicate groups are out of date (%s): run `python -m app duplicates --rebuild`",
+            reason,
         )
     return state
 
